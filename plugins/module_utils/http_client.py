@@ -1,0 +1,345 @@
+# Copyright: mlflow-ha developers
+# Apache License 2.0 (see LICENSE)
+"""A small resilient HTTP client for the collection's modules.
+
+- retries with exponential backoff and full jitter, bounded by attempts and by a total deadline;
+- retries only what is safe: connection errors that happened before the request could reach the server,
+  429 (the server says it did not process the request; Retry-After honoured), and for idempotent requests
+  also 502/503/504 and errors after sending. A non-idempotent request (POST, PATCH) is never repeated once it
+  may have reached the server unless the caller says it is idempotent;
+- a circuit breaker per endpoint, and failover across a list of endpoints that skips open breakers;
+- errors that name the component, the endpoints, what each attempt got, the time spent and every breaker.
+"""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type
+
+import json
+import random
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
+    OPEN,
+    CircuitBreaker,
+    Clock,
+    RetryPolicy,
+)
+
+IDEMPOTENT_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+# Statuses that say "this server cannot serve you right now", worth another try (elsewhere or later).
+RETRYABLE_STATUSES = frozenset([502, 503, 504])
+TOO_MANY_REQUESTS = 429
+EXCERPT_CHARS = 200
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    url: str = ""
+
+    def header(self, name: str) -> Optional[str]:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class TransportError(Exception):
+    """The request got no HTTP answer. ``reached_server`` is False only when it certainly did not arrive
+    (refused connection, DNS failure, TLS handshake failure): only then is a non-idempotent retry safe."""
+
+    def __init__(self, message: str, reached_server: bool):
+        super().__init__(message)
+        self.reached_server = reached_server
+
+
+class Transport:
+    """Sends one request; returns a Response for any HTTP status, raises TransportError otherwise."""
+
+    def send(self, method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
+             timeout: float) -> Response:
+        raise NotImplementedError  # an interface: UrllibTransport and the tests' fakes implement it
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - stdlib hook
+        return None
+
+
+class UrllibTransport(Transport):
+    """Standard-library transport with TLS options (CA bundle, client certificate, verification)."""
+
+    def __init__(self, ca_path: Optional[str] = None, client_cert: Optional[str] = None,
+                 client_key: Optional[str] = None, validate_certs: bool = True):
+        context = ssl.create_default_context(cafile=ca_path)
+        if client_cert:
+            context.load_cert_chain(client_cert, client_key)
+        if not validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect())
+
+    def send(self, method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
+             timeout: float) -> Response:
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method=method)
+        try:
+            with self._opener.open(request, timeout=timeout) as answer:
+                return Response(answer.status, answer.read(), dict(answer.headers.items()), url)
+        except urllib.error.HTTPError as err:
+            return Response(err.code, err.read() or b"", dict(err.headers.items()) if err.headers else {}, url)
+        except urllib.error.URLError as err:
+            # urllib wraps errors raised while connecting and sending: the request was not received whole.
+            return self._raise(err.reason, reached=False)
+        except (socket.timeout, ConnectionError, OSError) as err:
+            # Raised while waiting for the answer: the server may have received and processed the request.
+            return self._raise(err, reached=True)
+
+    @staticmethod
+    def _raise(reason: object, reached: bool) -> Response:
+        if isinstance(reason, socket.timeout):
+            text = "timed out"
+        elif isinstance(reason, ConnectionRefusedError):
+            text = "connection refused"
+        elif isinstance(reason, socket.gaierror):
+            text = "name resolution failed (%s)" % (reason,)
+        elif isinstance(reason, ssl.SSLError):
+            text = "TLS error (%s)" % (reason,)
+        else:
+            text = "%s: %s" % (type(reason).__name__, reason)
+        raise TransportError(text, reached_server=reached)
+
+
+@dataclass
+class Attempt:
+    endpoint: str
+    outcome: str
+    elapsed: float
+
+
+class HttpClientError(Exception):
+    """Every attempt failed, or an answer was not one the caller accepts. Carries the whole story."""
+
+    def __init__(self, message: str, attempts: List[Attempt], breakers: Dict[str, str],
+                 response: Optional[Response] = None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.breakers = breakers
+        self.response = response
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Facts for a module's fail_json."""
+        return {
+            "attempts": [{"endpoint": a.endpoint, "outcome": a.outcome, "elapsed": round(a.elapsed, 3)}
+                         for a in self.attempts],
+            "breakers": dict(self.breakers),
+            "status": self.response.status if self.response is not None else None,
+        }
+
+
+def excerpt(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header in its delta-seconds form; None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+    return max(0.0, seconds)
+
+
+class HttpClient:
+    """Requests against one logical service served by several endpoints (base URLs).
+
+    ``component`` names the service in error messages ("Patroni REST API", "MLflow tracking server").
+    Breakers live as long as the client, so one module run that polls many times learns which endpoints
+    are down and stops wasting its deadline on them.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        component: str,
+        policy: Optional[RetryPolicy] = None,
+        request_timeout: float = 5.0,
+        failure_threshold: int = 3,
+        reset_timeout: float = 10.0,
+        transport: Optional[Transport] = None,
+        clock: Optional[Clock] = None,
+        rng: Optional[random.Random] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ):
+        if not endpoints:
+            raise ValueError("%s: no endpoints given" % component)
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.component = component
+        self.policy = policy or RetryPolicy()
+        self.request_timeout = request_timeout
+        self.transport = transport or UrllibTransport()
+        self.clock = clock or Clock()
+        self.rng = rng or random.Random()
+        self.headers = dict(headers or {})
+        self.breakers = {e: CircuitBreaker(failure_threshold, reset_timeout, self.clock) for e in self.endpoints}
+        self._preferred = 0
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        json_body: Any = None,
+        headers: Optional[Mapping[str, str]] = None,
+        expected: Sequence[int] = (200,),
+        idempotent: Optional[bool] = None,
+    ) -> Response:
+        """Send ``method path`` to the first endpoint that answers with a status in ``expected``.
+
+        ``idempotent`` defaults to the method's HTTP semantics; pass True for a POST that is safe to repeat.
+        Raises HttpClientError when the attempts, the deadline or the endpoints run out, or when an endpoint
+        answers a status that is neither expected nor retryable.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        all_headers = dict(self.headers)
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+
+        start = self.clock.now()
+        attempts: List[Attempt] = []
+        tried_this_round: set = set()
+        rounds = 0
+        wait_hint: Optional[float] = None
+        what = "%s %s" % (method, path)
+
+        while True:
+            if len(attempts) >= self.policy.max_attempts:
+                raise self._error(what, attempts, start, "all %d attempts used" % self.policy.max_attempts)
+            endpoint = self._next_endpoint(tried_this_round)
+            if endpoint is None:
+                # Every endpoint is either tried this round or behind an open breaker: back off, then retry.
+                rounds += 1
+                delay = self.policy.backoff(rounds, self.rng)
+                if wait_hint is not None:
+                    delay = max(delay, wait_hint)
+                open_wait = self._earliest_trial()
+                if not tried_this_round and open_wait is not None:
+                    delay = max(delay, open_wait)
+                remaining = self.policy.deadline - (self.clock.now() - start)
+                if delay >= remaining:
+                    raise self._error(what, attempts, start, "the deadline of %.1f s leaves no time for another "
+                                      "attempt (next wait %.1f s)" % (self.policy.deadline, delay))
+                self.clock.sleep(delay)
+                tried_this_round = set()
+                wait_hint = None
+                continue
+            remaining = self.policy.deadline - (self.clock.now() - start)
+            timeout = max(0.001, min(self.request_timeout, remaining))
+            tried_this_round.add(endpoint)
+            breaker = self.breakers[endpoint]
+            t0 = self.clock.now()
+            try:
+                response = self.transport.send(method, endpoint + path, body, all_headers, timeout)
+            except TransportError as err:
+                breaker.record_failure()
+                attempts.append(Attempt(endpoint, str(err), self.clock.now() - t0))
+                if err.reached_server and not idempotent:
+                    raise self._error(what, attempts, start, "not retried: the request may have reached the "
+                                      "server and %s is not idempotent" % method)
+                continue
+
+            status = response.status
+            if status in expected:
+                breaker.record_success()
+                self._preferred = self.endpoints.index(endpoint)
+                return response
+            outcome = "HTTP %d %s" % (status, excerpt(response.body))
+            attempts.append(Attempt(endpoint, outcome.strip(), self.clock.now() - t0))
+            if status == TOO_MANY_REQUESTS:
+                # Busy, not broken: leave the breaker alone; the server says it did not process the request.
+                wait_hint = parse_retry_after(response.header("Retry-After"))
+                continue
+            if status in RETRYABLE_STATUSES:
+                breaker.record_failure()
+                if not idempotent:
+                    raise self._error(what, attempts, start, "not retried: HTTP %d after a non-idempotent %s "
+                                      "may have been processed" % (status, method), response)
+                if status == 503:
+                    wait_hint = parse_retry_after(response.header("Retry-After"))
+                continue
+            # Any other status is an answer, not an outage: the server is up, the request is wrong or refused.
+            breaker.record_success()
+            raise self._error(what, attempts, start, "HTTP %d is not an expected answer (%s)"
+                              % (status, ", ".join(str(s) for s in expected)), response)
+
+    def get_json(self, path: str, expected: Sequence[int] = (200,)) -> Any:
+        response = self.request("GET", path, expected=expected)
+        try:
+            return response.json()
+        except ValueError as err:
+            raise HttpClientError("%s: %s answered HTTP %d with invalid JSON (%s): %s" % (
+                self.component, response.url, response.status, err, excerpt(response.body)),
+                [], self.breaker_states(), response)
+
+    def breaker_states(self) -> Dict[str, str]:
+        return {e: b.describe() for e, b in self.breakers.items()}
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _next_endpoint(self, tried: set) -> Optional[str]:
+        """The preferred endpoint first, then the others in order; skip tried ones and open breakers."""
+        n = len(self.endpoints)
+        for i in range(n):
+            endpoint = self.endpoints[(self._preferred + i) % n]
+            if endpoint in tried:
+                continue
+            if self.breakers[endpoint].allow():
+                return endpoint
+        return None
+
+    def _earliest_trial(self) -> Optional[float]:
+        waits = [b.retry_in() for b in self.breakers.values() if b.state == OPEN]
+        return min(waits) if waits and len(waits) == len(self.breakers) else None
+
+    def _error(self, what: str, attempts: List[Attempt], start: float, reason: str,
+               response: Optional[Response] = None) -> HttpClientError:
+        spent = self.clock.now() - start
+        lines = ["%s: %s failed after %d attempt(s) in %.1f s: %s." % (
+            self.component, what, len(attempts), spent, reason)]
+        if attempts:
+            last = attempts[-1]
+            lines.append("Last: %s -> %s." % (last.endpoint, last.outcome))
+            lines.append("Attempts: " + "; ".join(
+                "[%d] %s -> %s" % (i + 1, a.endpoint, a.outcome) for i, a in enumerate(attempts)) + ".")
+        lines.append("Breakers: " + ", ".join("%s %s" % (e, s) for e, s in self.breaker_states().items()) + ".")
+        return HttpClientError(" ".join(lines), attempts, self.breaker_states(), response)
+
+
+def endpoint_list(value: Any) -> Tuple[str, ...]:
+    """Accept one URL or a list of URLs (module options), return a tuple of base URLs."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(v.strip().rstrip("/") for v in value if v and v.strip())

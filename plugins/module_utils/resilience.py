@@ -1,0 +1,167 @@
+# Copyright: mlflow-ha developers
+# Apache License 2.0 (see LICENSE)
+"""Retry with exponential backoff and full jitter, a per-endpoint circuit breaker, and polling with a deadline.
+
+Pure logic: time and randomness come in through a ``Clock`` and a ``random.Random``, so unit tests drive every
+path with a fake clock and never sleep. The HTTP client in ``http.py`` is built on these pieces.
+"""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple, TypeVar
+
+T = TypeVar("T")
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+
+
+class Clock:
+    """Monotonic time and sleeping; replaced by a fake in tests."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry.
+
+    ``max_attempts`` and ``deadline`` (seconds for the whole operation, waits included) both bound the work;
+    whichever is reached first ends it. Delays follow "full jitter": a uniform draw between 0 and
+    ``min(max_delay, base_delay * multiplier ** (retry - 1))``.
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    deadline: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1, got %r" % (self.max_attempts,))
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1, got %r" % (self.multiplier,))
+        if self.deadline <= 0:
+            raise ValueError("deadline must be positive, got %r" % (self.deadline,))
+
+    def backoff_cap(self, retry: int) -> float:
+        """Upper bound of the delay before retry number ``retry`` (1 for the first retry)."""
+        if retry < 1:
+            return 0.0
+        # Cap the exponent so huge retry counts cannot overflow a float.
+        return min(self.max_delay, self.base_delay * self.multiplier ** min(retry - 1, 64))
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """A full-jitter delay for retry number ``retry``."""
+        return rng.uniform(0.0, self.backoff_cap(retry))
+
+
+class CircuitBreaker:
+    """Closed -> open after ``failure_threshold`` consecutive failures -> half-open once ``reset_timeout``
+    seconds have passed (one trial call is let through) -> closed on the trial's success, open again on its
+    failure."""
+
+    def __init__(self, failure_threshold: int = 3, reset_timeout: float = 10.0, clock: Optional[Clock] = None):
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1, got %r" % (failure_threshold,))
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.clock = clock or Clock()
+        self._state = CLOSED
+        self.consecutive_failures = 0
+        self.opened_at = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self._state == OPEN and self.clock.now() - self.opened_at >= self.reset_timeout:
+            self._state = HALF_OPEN
+            self._trial_in_flight = False
+        return self._state
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a trial call through (0 when it already would)."""
+        if self.state != OPEN:
+            return 0.0
+        return max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
+
+    def allow(self) -> bool:
+        """Whether a call may go through now. In half-open state only one trial at a time is allowed."""
+        state = self.state
+        if state == CLOSED:
+            return True
+        if state == HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._state = CLOSED
+        self.consecutive_failures = 0
+        self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        self._trial_in_flight = False
+        if self._state == HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
+            self._state = OPEN
+            self.opened_at = self.clock.now()
+
+    def describe(self) -> str:
+        state = self.state
+        text = "%s (%d consecutive failures" % (state, self.consecutive_failures)
+        if state == OPEN:
+            text += ", trial in %.1f s" % self.retry_in()
+        return text + ")"
+
+
+class PollTimeout(Exception):
+    """The condition did not hold before the deadline; ``last`` is the last observed state."""
+
+    def __init__(self, what: str, timeout: float, last: object, polls: int):
+        self.what = what
+        self.timeout = timeout
+        self.last = last
+        self.polls = polls
+        super().__init__("%s did not happen within %.1f s (%d checks); last observed: %r" % (what, timeout, polls, last))
+
+
+def poll_until(
+    observe: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float,
+    interval: float,
+    what: str,
+    clock: Optional[Clock] = None,
+) -> Tuple[T, float]:
+    """Call ``observe`` every ``interval`` seconds until ``done(observation)`` holds.
+
+    Returns ``(observation, seconds_waited)``; raises ``PollTimeout`` with the last observation when
+    ``timeout`` passes first. The check always runs at least once.
+    """
+    clock = clock or Clock()
+    start = clock.now()
+    polls = 0
+    while True:
+        last = observe()
+        polls += 1
+        elapsed = clock.now() - start
+        if done(last):
+            return last, elapsed
+        if elapsed + interval > timeout:
+            raise PollTimeout(what, timeout, last, polls)
+        clock.sleep(interval)

@@ -1,0 +1,236 @@
+"""Retry rules, endpoint failover, breaker use and error text of the HTTP client, with no network."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
+    HttpClient,
+    HttpClientError,
+    Response,
+    endpoint_list,
+    parse_retry_after,
+)
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import CLOSED, OPEN, RetryPolicy
+from fakes import FakeTransport, ok, refused, reset_after_send
+
+A = "http://10.0.0.1:8008"
+B = "http://10.0.0.2:8008"
+C = "http://10.0.0.3:8008"
+
+
+def client(clock, rng, script, endpoints=(A,), **kw):
+    policy = kw.pop("policy", RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=4, deadline=30))
+    transport = FakeTransport(clock, script)
+    c = HttpClient(list(endpoints), "Patroni REST API", policy=policy, transport=transport, clock=clock, rng=rng,
+                   **kw)
+    return c, transport
+
+
+class TestRetryRules:
+    def test_success_first_time_no_sleep(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(b'{"role": "primary"}')]})
+        assert c.request("GET", "/cluster").json() == {"role": "primary"}
+        assert len(t.calls) == 1 and clock.sleeps == []
+
+    @pytest.mark.parametrize("status", [502, 503, 504])
+    def test_get_retries_gateway_statuses(self, clock, rng, status):
+        c, t = client(clock, rng, {A: [ok(status=status), ok(status=status), ok()]})
+        assert c.request("GET", "/health").status == 200
+        assert len(t.calls) == 3
+        assert len(clock.sleeps) == 2
+
+    def test_connection_refused_is_retried_even_for_post(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused(), ok(status=201)]})
+        assert c.request("POST", "/models", json_body={"name": "m"}, expected=(201,)).status == 201
+        assert len(t.calls) == 2
+
+    def test_post_not_retried_after_it_may_have_reached_the_server(self, clock, rng):
+        c, t = client(clock, rng, {A: [reset_after_send(), ok()]})
+        with pytest.raises(HttpClientError) as info:
+            c.request("POST", "/models")
+        assert len(t.calls) == 1
+        assert "may have reached the server and POST is not idempotent" in str(info.value)
+
+    def test_post_not_retried_on_502(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(b"bad gateway", status=502), ok()]})
+        with pytest.raises(HttpClientError) as info:
+            c.request("POST", "/models")
+        assert len(t.calls) == 1
+        assert info.value.response.status == 502
+
+    def test_post_declared_idempotent_is_retried(self, clock, rng):
+        c, t = client(clock, rng, {A: [reset_after_send(), ok(status=503), ok()]})
+        assert c.request("POST", "/query", idempotent=True).status == 200
+        assert len(t.calls) == 3
+
+    def test_get_retried_after_reset(self, clock, rng):
+        c, t = client(clock, rng, {A: [reset_after_send(), ok()]})
+        assert c.request("GET", "/x").status == 200
+
+    def test_429_retried_for_post_and_honours_retry_after(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "3"}), ok()]})
+        assert c.request("POST", "/models").status == 200
+        assert clock.sleeps and clock.sleeps[0] >= 3.0
+        assert c.breakers[A].state == CLOSED, "429 is load, not an outage"
+
+    def test_503_retry_after_is_honoured(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(status=503, headers={"retry-after": "2.5"}), ok()]})
+        c.request("GET", "/x")
+        assert clock.sleeps[0] >= 2.5
+
+    def test_retry_after_beyond_deadline_fails_at_once(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "120"}), ok()]},
+                      policy=RetryPolicy(deadline=10))
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/x")
+        assert clock.sleeps == []
+        assert "next wait 120.0 s" in str(info.value)
+
+    def test_other_statuses_are_answers_not_retried(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(b'{"error": "no such model"}', status=404), ok()]})
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/models/x")
+        assert len(t.calls) == 1
+        assert "HTTP 404 is not an expected answer (200)" in str(info.value)
+        assert c.breakers[A].state == CLOSED
+
+    def test_expected_statuses_are_accepted(self, clock, rng):
+        # Patroni's /primary answers 503 on a replica: a valid answer when the caller expects it.
+        c, t = client(clock, rng, {A: [ok(status=503)]})
+        assert c.request("GET", "/primary", expected=(200, 503)).status == 503
+        assert len(t.calls) == 1
+
+
+class TestBounds:
+    def test_max_attempts_bounds_the_work(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()]}, policy=RetryPolicy(max_attempts=4, deadline=1000),
+                      failure_threshold=100)
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/x")
+        assert len(t.calls) == 4
+        assert "all 4 attempts used" in str(info.value)
+
+    def test_deadline_bounds_the_work(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()]},
+                      policy=RetryPolicy(max_attempts=1000, base_delay=1, max_delay=2, deadline=10),
+                      failure_threshold=1000)
+        start = clock.now()
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/x")
+        assert clock.now() - start <= 10
+        assert "deadline of 10.0 s" in str(info.value)
+
+    def test_request_timeout_shrinks_to_remaining_deadline(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(status=503), ok()]},
+                      policy=RetryPolicy(max_attempts=5, base_delay=2, max_delay=2, deadline=6),
+                      request_timeout=5)
+        t.latency = 2.0  # each call costs 2 s of the 6 s deadline
+        c.request("GET", "/x")
+        first, second = (call[2] for call in t.calls)
+        assert first == 5
+        assert second == pytest.approx(6 - 2 - clock.sleeps[0])
+
+    def test_sleeps_follow_capped_backoff(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()]},
+                      policy=RetryPolicy(max_attempts=6, base_delay=1, max_delay=3, deadline=1000),
+                      failure_threshold=1000)
+        with pytest.raises(HttpClientError):
+            c.request("GET", "/x")
+        caps = [1, 2, 3, 3, 3]
+        assert len(clock.sleeps) == 5
+        assert all(0 <= s <= cap for s, cap in zip(clock.sleeps, caps))
+
+
+class TestFailover:
+    def test_fails_over_to_next_endpoint_without_sleeping(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()], B: [ok(b"b")]}, endpoints=(A, B))
+        assert c.request("GET", "/x").body == b"b"
+        assert [call[1] for call in t.calls] == [A + "/x", B + "/x"]
+        assert clock.sleeps == []
+
+    def test_prefers_the_endpoint_that_last_worked(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused(), ok(b"a")], B: [ok(b"b")]}, endpoints=(A, B))
+        c.request("GET", "/x")
+        c.request("GET", "/y")
+        assert t.calls[-1][1] == B + "/y"
+
+    def test_skips_endpoints_with_open_breakers(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()], B: [ok()]}, endpoints=(A, B), failure_threshold=1,
+                      reset_timeout=60)
+        c.request("GET", "/1")          # A fails once -> open; B answers and becomes preferred
+        c._preferred = 0                # even when A would be first again ...
+        c.request("GET", "/2")
+        assert [call[1] for call in t.calls] == [A + "/1", B + "/1", B + "/2"]   # ... it is skipped
+
+    def test_half_open_endpoint_gets_a_trial_and_recovers(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused(), ok(b"a")], B: [ok(b"b")]}, endpoints=(A, B),
+                      failure_threshold=1, reset_timeout=5)
+        c.request("GET", "/1")
+        assert c.breakers[A].state == OPEN
+        clock.t += 5
+        c._preferred = 0
+        assert c.request("GET", "/2").body == b"a"
+        assert c.breakers[A].state == CLOSED
+
+    def test_all_open_waits_for_the_earliest_trial(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused(), ok(b"a")], B: [refused()]}, endpoints=(A, B),
+                      failure_threshold=1, reset_timeout=4,
+                      policy=RetryPolicy(max_attempts=10, base_delay=0.1, max_delay=0.1, deadline=30))
+        assert c.request("GET", "/x").body == b"a"
+        assert any(s >= 3.9 for s in clock.sleeps), clock.sleeps
+
+    def test_all_open_and_no_time_left_fails_with_every_breaker(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()], B: [refused()], C: [ok(status=503)]}, endpoints=(A, B, C),
+                      failure_threshold=1, reset_timeout=60, policy=RetryPolicy(max_attempts=10, deadline=20))
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/cluster")
+        err = info.value
+        assert set(err.breakers) == {A, B, C}
+        assert all(state.startswith("open") for state in err.breakers.values())
+        assert len(t.calls) == 3
+
+
+class TestErrorText:
+    def test_message_names_component_endpoints_statuses_time_and_breakers(self, clock, rng):
+        c, t = client(clock, rng, {A: [refused()], B: [ok(b'{"state": "no leader"}', status=503)]},
+                      endpoints=(A, B), policy=RetryPolicy(max_attempts=2, deadline=30))
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/cluster")
+        msg = str(info.value)
+        assert msg.startswith("Patroni REST API: GET /cluster failed after 2 attempt(s) in ")
+        assert f"[1] {A} -> connection refused" in msg
+        assert f'[2] {B} -> HTTP 503 {{"state": "no leader"}}' in msg
+        assert f"Last: {B} -> HTTP 503" in msg
+        assert f"Breakers: {A} closed (1 consecutive failures), {B} closed (1 consecutive failures)." in msg
+        facts = info.value.to_dict()
+        assert facts["status"] is None
+        assert [a["endpoint"] for a in facts["attempts"]] == [A, B]
+
+    def test_long_bodies_are_excerpted(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(b"x" * 5000, status=500)]})
+        with pytest.raises(HttpClientError) as info:
+            c.request("GET", "/x")
+        assert "x" * 200 + "..." in str(info.value)
+        assert "x" * 201 not in str(info.value)
+
+    def test_invalid_json_is_reported_with_url(self, clock, rng):
+        c, t = client(clock, rng, {A: [Response(200, b"<html>", {}, A + "/cluster")]})
+        with pytest.raises(HttpClientError) as info:
+            c.get_json("/cluster")
+        assert f"{A}/cluster answered HTTP 200 with invalid JSON" in str(info.value)
+
+
+def test_no_endpoints_is_a_clear_error(clock, rng):
+    with pytest.raises(ValueError, match="Patroni REST API: no endpoints given"):
+        HttpClient([], "Patroni REST API", clock=clock)
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("5", 5.0), (" 1.5 ", 1.5), ("-3", 0.0),
+                                             ("Wed, 21 Oct 2015 07:28:00 GMT", None)])
+def test_parse_retry_after(value, expected):
+    assert parse_retry_after(value) == expected
+
+
+def test_endpoint_list_accepts_string_or_list():
+    assert endpoint_list("http://a:1/, http://b:2") == ("http://a:1", "http://b:2")
+    assert endpoint_list(["http://a:1", "", "http://b:2/"]) == ("http://a:1", "http://b:2")
