@@ -20,4 +20,6 @@ fi
 
 link="$CACHE/collections/ansible_collections/mlops/mlflow_ha"
 mkdir -p "$(dirname "$link")"
-[ -L "$link" ] && [ "$(readlink "$link")" = "$ROOT" ] || ln -sfn "$ROOT" "$link"
+if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
+  ln -sfn "$ROOT" "$link"
+fi

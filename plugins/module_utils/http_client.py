@@ -1,5 +1,5 @@
 # Copyright: mlflow-ha developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A small resilient HTTP client for the collection's modules.
 
 - retries with exponential backoff and full jitter, bounded by attempts and by a total deadline;
@@ -77,7 +77,7 @@ class Transport:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - stdlib hook
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None
 
 
@@ -104,13 +104,13 @@ class UrllibTransport(Transport):
             return Response(err.code, err.read() or b"", dict(err.headers.items()) if err.headers else {}, url)
         except urllib.error.URLError as err:
             # urllib wraps errors raised while connecting and sending: the request was not received whole.
-            return self._raise(err.reason, reached=False)
+            raise self._transport_error(err.reason, reached=False) from err
         except (socket.timeout, ConnectionError, OSError) as err:
             # Raised while waiting for the answer: the server may have received and processed the request.
-            return self._raise(err, reached=True)
+            raise self._transport_error(err, reached=True) from err
 
     @staticmethod
-    def _raise(reason: object, reached: bool) -> Response:
+    def _transport_error(reason: object, reached: bool) -> TransportError:
         if isinstance(reason, socket.timeout):
             text = "timed out"
         elif isinstance(reason, ConnectionRefusedError):
@@ -121,7 +121,7 @@ class UrllibTransport(Transport):
             text = "TLS error (%s)" % (reason,)
         else:
             text = "%s: %s" % (type(reason).__name__, reason)
-        raise TransportError(text, reached_server=reached)
+        return TransportError(text, reached_server=reached)
 
 
 @dataclass
@@ -268,7 +268,7 @@ class HttpClient:
                 attempts.append(Attempt(endpoint, str(err), self.clock.now() - t0))
                 if err.reached_server and not idempotent:
                     raise self._error(what, attempts, start, "not retried: the request may have reached the "
-                                      "server and %s is not idempotent" % method)
+                                      "server and %s is not idempotent" % method) from err
                 continue
 
             status = response.status
@@ -302,7 +302,7 @@ class HttpClient:
         except ValueError as err:
             raise HttpClientError("%s: %s answered HTTP %d with invalid JSON (%s): %s" % (
                 self.component, response.url, response.status, err, excerpt(response.body)),
-                [], self.breaker_states(), response)
+                [], self.breaker_states(), response) from err
 
     def breaker_states(self) -> Dict[str, str]:
         return {e: b.describe() for e, b in self.breakers.items()}

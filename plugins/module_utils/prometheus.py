@@ -1,5 +1,5 @@
 # Copyright: mlflow-ha developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Parse the Prometheus text exposition format (version 0.0.4) into samples."""
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -69,7 +69,7 @@ def _parse_labels(text: str, pos: int, lineno: int) -> Tuple[Tuple[Tuple[str, st
 
 
 def _parse_value(text: str, lineno: int) -> float:
-    token = text.split()[0] if text.split() else ""
+    token = text.split(maxsplit=1)[0] if text.split() else ""
     special = {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
     if token in special:
         return special[token]

@@ -1,5 +1,5 @@
 # Copyright: mlflow-ha developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Retry with exponential backoff and full jitter, a per-endpoint circuit breaker, and polling with a deadline.
 
 Pure logic: time and randomness come in through a ``Clock`` and a ``random.Random``, so unit tests drive every
@@ -137,7 +137,8 @@ class PollTimeout(Exception):
         self.timeout = timeout
         self.last = last
         self.polls = polls
-        super().__init__("%s did not happen within %.1f s (%d checks); last observed: %r" % (what, timeout, polls, last))
+        super().__init__("%s did not happen within %.1f s (%d checks); last observed: %r"
+                         % (what, timeout, polls, last))
 
 
 def poll_until(

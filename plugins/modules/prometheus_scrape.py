@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: mlflow-ha developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -18,7 +18,7 @@ description:
     O(required_families) is missing.
   - Returns the family names and, for O(select), the samples, so later tasks can assert on values.
 author:
-  - mlflow-ha developers
+  - mlflow-ha developers (@mlflow-ha)
 options:
   endpoints:
     description:
@@ -69,6 +69,7 @@ attributes:
     description: Only reads; runs the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is nothing to diff.
 notes:
   - Runs where the task runs; delegate it to the host that Prometheus would scrape from to test reachability.
 """
@@ -118,6 +119,7 @@ samples:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from fakes import FakeTransport, ok, refused, reset_after_send
+
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
@@ -11,7 +13,6 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     parse_retry_after,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import CLOSED, OPEN, RetryPolicy
-from fakes import FakeTransport, ok, refused, reset_after_send
 
 A = "http://10.0.0.1:8008"
 B = "http://10.0.0.2:8008"
@@ -64,23 +65,23 @@ class TestRetryRules:
         assert len(t.calls) == 3
 
     def test_get_retried_after_reset(self, clock, rng):
-        c, t = client(clock, rng, {A: [reset_after_send(), ok()]})
+        c, _t = client(clock, rng, {A: [reset_after_send(), ok()]})
         assert c.request("GET", "/x").status == 200
 
     def test_429_retried_for_post_and_honours_retry_after(self, clock, rng):
-        c, t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "3"}), ok()]})
+        c, _t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "3"}), ok()]})
         assert c.request("POST", "/models").status == 200
         assert clock.sleeps and clock.sleeps[0] >= 3.0
         assert c.breakers[A].state == CLOSED, "429 is load, not an outage"
 
     def test_503_retry_after_is_honoured(self, clock, rng):
-        c, t = client(clock, rng, {A: [ok(status=503, headers={"retry-after": "2.5"}), ok()]})
+        c, _t = client(clock, rng, {A: [ok(status=503, headers={"retry-after": "2.5"}), ok()]})
         c.request("GET", "/x")
         assert clock.sleeps[0] >= 2.5
 
     def test_retry_after_beyond_deadline_fails_at_once(self, clock, rng):
-        c, t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "120"}), ok()]},
-                      policy=RetryPolicy(deadline=10))
+        c, _t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "120"}), ok()]},
+                       policy=RetryPolicy(deadline=10))
         with pytest.raises(HttpClientError) as info:
             c.request("GET", "/x")
         assert clock.sleeps == []
@@ -111,9 +112,9 @@ class TestBounds:
         assert "all 4 attempts used" in str(info.value)
 
     def test_deadline_bounds_the_work(self, clock, rng):
-        c, t = client(clock, rng, {A: [refused()]},
-                      policy=RetryPolicy(max_attempts=1000, base_delay=1, max_delay=2, deadline=10),
-                      failure_threshold=1000)
+        c, _t = client(clock, rng, {A: [refused()]},
+                       policy=RetryPolicy(max_attempts=1000, base_delay=1, max_delay=2, deadline=10),
+                       failure_threshold=1000)
         start = clock.now()
         with pytest.raises(HttpClientError) as info:
             c.request("GET", "/x")
@@ -131,9 +132,9 @@ class TestBounds:
         assert second == pytest.approx(6 - 2 - clock.sleeps[0])
 
     def test_sleeps_follow_capped_backoff(self, clock, rng):
-        c, t = client(clock, rng, {A: [refused()]},
-                      policy=RetryPolicy(max_attempts=6, base_delay=1, max_delay=3, deadline=1000),
-                      failure_threshold=1000)
+        c, _t = client(clock, rng, {A: [refused()]},
+                       policy=RetryPolicy(max_attempts=6, base_delay=1, max_delay=3, deadline=1000),
+                       failure_threshold=1000)
         with pytest.raises(HttpClientError):
             c.request("GET", "/x")
         caps = [1, 2, 3, 3, 3]
@@ -163,8 +164,8 @@ class TestFailover:
         assert [call[1] for call in t.calls] == [A + "/1", B + "/1", B + "/2"]   # ... it is skipped
 
     def test_half_open_endpoint_gets_a_trial_and_recovers(self, clock, rng):
-        c, t = client(clock, rng, {A: [refused(), ok(b"a")], B: [ok(b"b")]}, endpoints=(A, B),
-                      failure_threshold=1, reset_timeout=5)
+        c, _t = client(clock, rng, {A: [refused(), ok(b"a")], B: [ok(b"b")]}, endpoints=(A, B),
+                       failure_threshold=1, reset_timeout=5)
         c.request("GET", "/1")
         assert c.breakers[A].state == OPEN
         clock.t += 5
@@ -173,9 +174,9 @@ class TestFailover:
         assert c.breakers[A].state == CLOSED
 
     def test_all_open_waits_for_the_earliest_trial(self, clock, rng):
-        c, t = client(clock, rng, {A: [refused(), ok(b"a")], B: [refused()]}, endpoints=(A, B),
-                      failure_threshold=1, reset_timeout=4,
-                      policy=RetryPolicy(max_attempts=10, base_delay=0.1, max_delay=0.1, deadline=30))
+        c, _t = client(clock, rng, {A: [refused(), ok(b"a")], B: [refused()]}, endpoints=(A, B),
+                       failure_threshold=1, reset_timeout=4,
+                       policy=RetryPolicy(max_attempts=10, base_delay=0.1, max_delay=0.1, deadline=30))
         assert c.request("GET", "/x").body == b"a"
         assert any(s >= 3.9 for s in clock.sleeps), clock.sleeps
 
@@ -192,8 +193,8 @@ class TestFailover:
 
 class TestErrorText:
     def test_message_names_component_endpoints_statuses_time_and_breakers(self, clock, rng):
-        c, t = client(clock, rng, {A: [refused()], B: [ok(b'{"state": "no leader"}', status=503)]},
-                      endpoints=(A, B), policy=RetryPolicy(max_attempts=2, deadline=30))
+        c, _t = client(clock, rng, {A: [refused()], B: [ok(b'{"state": "no leader"}', status=503)]},
+                       endpoints=(A, B), policy=RetryPolicy(max_attempts=2, deadline=30))
         with pytest.raises(HttpClientError) as info:
             c.request("GET", "/cluster")
         msg = str(info.value)
@@ -207,14 +208,14 @@ class TestErrorText:
         assert [a["endpoint"] for a in facts["attempts"]] == [A, B]
 
     def test_long_bodies_are_excerpted(self, clock, rng):
-        c, t = client(clock, rng, {A: [ok(b"x" * 5000, status=500)]})
+        c, _t = client(clock, rng, {A: [ok(b"x" * 5000, status=500)]})
         with pytest.raises(HttpClientError) as info:
             c.request("GET", "/x")
         assert "x" * 200 + "..." in str(info.value)
         assert "x" * 201 not in str(info.value)
 
     def test_invalid_json_is_reported_with_url(self, clock, rng):
-        c, t = client(clock, rng, {A: [Response(200, b"<html>", {}, A + "/cluster")]})
+        c, _t = client(clock, rng, {A: [Response(200, b"<html>", {}, A + "/cluster")]})
         with pytest.raises(HttpClientError) as info:
             c.get_json("/cluster")
         assert f"{A}/cluster answered HTTP 200 with invalid JSON" in str(info.value)

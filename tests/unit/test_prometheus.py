@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from fakes import FakeTransport, refused
+
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import HttpClientError, Response
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import ParseError, families, parse
 from ansible_collections.mlops.mlflow_ha.plugins.modules import prometheus_scrape
-from fakes import FakeTransport, refused
 
 PAGE = """\
 # HELP node_load1 1m load average.
@@ -65,7 +66,7 @@ def test_scrape_fails_over_and_selects(clock):
     assert result["endpoint"] == "http://b:9100"
     assert result["missing"] == []
     assert result["sample_count"] == 8
-    assert [s["labels"]["name"] for s in result["samples"]][0] == "patroni.service"
+    assert result["samples"][0]["labels"]["name"] == "patroni.service"
 
 
 def test_scrape_reports_missing_families(clock):
@@ -77,5 +78,5 @@ def test_scrape_reports_missing_families(clock):
 
 def test_scrape_error_names_component(clock):
     transport = FakeTransport(clock, {"http://a:9100": [refused()], "http://b:9100": [refused()]})
-    with pytest.raises(HttpClientError, match="^node_exporter on pg1: GET /metrics failed"):
+    with pytest.raises(HttpClientError, match=r"^node_exporter on pg1: GET /metrics failed"):
         prometheus_scrape.scrape(params(max_attempts=2), transport=transport)

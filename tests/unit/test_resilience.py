@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     CLOSED,
     HALF_OPEN,
@@ -28,7 +29,7 @@ class TestRetryPolicy:
     def test_full_jitter_stays_within_zero_and_cap(self, retry):
         p = RetryPolicy(base_delay=1.0, max_delay=5.0)
         rng = random.Random(retry)
-        draws = [p.backoff(retry, rng) for _ in range(2000)]
+        draws = [p.backoff(retry, rng) for _n in range(2000)]
         assert min(draws) >= 0.0
         assert max(draws) <= p.backoff_cap(retry)
 
@@ -36,7 +37,7 @@ class TestRetryPolicy:
         # Full jitter means uniform on [0, cap]: both halves of the range are used, and the mean is near cap/2.
         p = RetryPolicy(base_delay=1.0, max_delay=8.0)
         rng = random.Random(1)
-        draws = [p.backoff(4, rng) for _ in range(4000)]
+        draws = [p.backoff(4, rng) for _n in range(4000)]
         assert any(d < 1.0 for d in draws) and any(d > 7.0 for d in draws)
         assert 3.6 < sum(draws) / len(draws) < 4.4
 
@@ -94,7 +95,7 @@ class TestCircuitBreaker:
 
     def test_half_open_failure_reopens_with_fresh_cool_down(self, clock):
         b = CircuitBreaker(failure_threshold=3, reset_timeout=5, clock=clock)
-        for _ in range(3):
+        for _n in range(3):
             b.record_failure()
         clock.t += 5
         assert b.allow()
