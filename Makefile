@@ -9,7 +9,7 @@ COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
 
-.PHONY: help bootstrap engine image venv lab lab-destroy test lint sanity unit molecule bench clean
+.PHONY: help bootstrap host engine image venv lab lab-destroy test lint sanity unit molecule bench clean
 
 help:
 	@echo "make lab        build the local container lab (not yet available: see README)"
@@ -17,7 +17,10 @@ help:
 	@echo "make molecule SCENARIO=roles/<role>/molecule/default   one scenario"
 
 ## Harness: each step is idempotent and quick when nothing changed.
-bootstrap: engine venv image
+bootstrap: host engine venv image
+
+host:
+	@bash tools/host-packages.sh
 
 engine:
 	@bash tools/docker-engine.sh

@@ -1,0 +1,42 @@
+"""Run each molecule scenario end to end (molecule test): converge, idempotence and verify against the
+running services in systemd containers. A scenario's full log goes to tests/output/molecule/<id>.log and
+its duration to tests/output/molecule/durations.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "tests" / "output" / "molecule"
+TAIL_LINES = 80
+
+
+def project_dir(scenario: Path) -> Path:
+    """molecule runs from the directory that holds molecule/<scenario>: the role, or the repository root."""
+    return scenario.parent.parent
+
+
+def test_scenario(scenario: Path):
+    scenario_id = str(scenario.relative_to(ROOT)).replace("/", "__")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    log = OUTPUT / f"{scenario_id}.log"
+    env = dict(os.environ, MLFLOW_HA_ROOT=str(ROOT), ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(["molecule", "test", "--scenario-name", scenario.name], cwd=project_dir(scenario),
+                              env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    seconds = round(time.monotonic() - start, 1)
+
+    durations_file = OUTPUT / "durations.json"
+    durations = json.loads(durations_file.read_text()) if durations_file.exists() else {}
+    durations[str(scenario.relative_to(ROOT))] = {"seconds": seconds, "passed": proc.returncode == 0}
+    durations_file.write_text(json.dumps(durations, indent=2, sort_keys=True) + "\n")
+
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-TAIL_LINES:])
+        raise AssertionError(f"molecule test failed for {scenario.relative_to(ROOT)} (exit {proc.returncode}, "
+                             f"{seconds} s); full log: {log}\n--- last {TAIL_LINES} lines ---\n{tail}")
