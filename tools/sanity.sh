@@ -22,8 +22,11 @@ fi
 # The pip version ansible-test seeds its venvs with; our shim stands in for the script it would download.
 pipver=$(grep -Eo "pip='[0-9.]+'" "$svenv"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py \
   | head -1 | grep -Eo "[0-9.]+")
-mkdir -p ~/.ansible/test/cache
-cp "$ROOT/tools/get_pip_shim.py" ~/.ansible/test/cache/get_pip_"${pipver//./_}".py
+# ansible-test keeps its per-test venvs under ~/.ansible/test: give it a home inside our cache, so that runs
+# from different checkouts never build the same venv at once and nothing is left outside the checkout.
+export HOME="$CACHE/sanity-home"
+mkdir -p "$HOME/.ansible/test/cache"
+cp "$ROOT/tools/get_pip_shim.py" "$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
 
 dest="$CACHE/sanity/ansible_collections/mlops/mlflow_ha"
 rm -rf "$dest"
