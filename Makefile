@@ -43,7 +43,7 @@ test: lint sanity unit molecule
 
 lint: venv
 	ansible-lint
-	ruff check plugins tests tools
+	ruff check plugins tests tools roles
 	python tools/check_argument_specs.py
 
 sanity: venv
