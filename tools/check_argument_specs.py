@@ -20,7 +20,10 @@ def check_role(role: Path) -> list[str]:
     if not spec_file.is_file():
         return [f"{name}: meta/argument_specs.yml is missing"]
     specs = yaml.safe_load(spec_file.read_text()) or {}
-    options = (specs.get("argument_specs", {}).get("main", {}) or {}).get("options", {}) or {}
+    # Options of every entry point (main, and e.g. pki's host_cert) share the role's defaults file.
+    options: dict = {}
+    for entry in (specs.get("argument_specs") or {}).values():
+        options.update((entry or {}).get("options") or {})
     defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.is_file() else {}
     defaults = defaults or {}
 

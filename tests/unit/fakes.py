@@ -61,3 +61,119 @@ def refused() -> TransportError:
 
 def reset_after_send() -> TransportError:
     return TransportError("ConnectionResetError: reset by peer", reached_server=True)
+
+
+class RouteTransport(Transport):
+    """Answers per exact request ("METHOD URL") from a script; records method, URL, body and headers.
+
+    A route's outcomes are used in order and the last one repeats. A request with no route raises an
+    AssertionError naming it, so a test never talks to something it did not script."""
+
+    def __init__(self, clock: FakeClock, routes: dict[str, list[Outcome]], latency: float = 0.01):
+        self.clock = clock
+        self.routes = {k: list(v) for k, v in routes.items()}
+        self.latency = latency
+        self.requests: list[dict] = []
+
+    def send(self, method, url, body, headers, timeout):
+        self.requests.append({"method": method, "url": url, "body": body, "headers": dict(headers),
+                              "timeout": timeout})
+        self.clock.t += self.latency
+        key = "%s %s" % (method, url)
+        if key not in self.routes:
+            raise AssertionError("unscripted request: %s" % key)
+        queue = self.routes[key]
+        outcome = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(outcome, TransportError):
+            raise outcome
+        if callable(outcome):
+            outcome = outcome()
+        return Response(outcome.status, outcome.body, outcome.headers, url)
+
+    def sent(self, method: str, url_suffix: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and r["url"].endswith(url_suffix)]
+
+
+def json_ok(doc, status: int = 200) -> Response:
+    import json
+
+    return Response(status, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+
+
+def timed_out() -> TransportError:
+    return TransportError("timed out", reached_server=True)
+
+
+class FakeDbError(Exception):
+    """Stands in for a driver error when a test needs one without psycopg2."""
+
+
+class FakeCursor:
+    def __init__(self, conn: FakePgConnection):
+        self.conn = conn
+        self.rows: list[tuple] = []
+        self.rowcount = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def execute(self, sql: str, params: tuple | None = None) -> None:
+        self.conn.executed.append((sql, params))
+        self.conn.clock.t += self.conn.latency
+        for pattern, handler in self.conn.handlers:
+            if pattern in sql:
+                answer = handler(sql, params) if callable(handler) else handler
+                if isinstance(answer, BaseException):
+                    raise answer
+                self.rows, self.rowcount = (list(answer[0]), answer[1]) if isinstance(answer, tuple) \
+                    else (list(answer), len(answer))
+                return
+        self.rows, self.rowcount = [], 0
+
+    def fetchone(self):
+        return self.rows.pop(0) if self.rows else None
+
+    def fetchall(self):
+        rows, self.rows = self.rows, []
+        return rows
+
+
+class FakePgConnection:
+    """A DB-API connection whose statements answer from ``handlers``: (substring of the SQL, answer) pairs.
+
+    An answer is a list of rows, a (rows, rowcount) tuple, an exception instance to raise, or a callable
+    (sql, params) returning one of those. Unmatched statements return no rows."""
+
+    def __init__(self, clock: FakeClock, handlers: list | None = None, latency: float = 0.001):
+        self.clock = clock
+        self.handlers = list(handlers or [])
+        self.latency = latency
+        self.executed: list[tuple] = []
+        self.commits = 0
+        self.rollbacks = 0
+        self.cancels = 0
+        self.closed = 0
+        self.autocommit = False
+        self.on_commit = None
+
+    def cursor(self) -> FakeCursor:
+        if self.closed:
+            raise FakeDbError("connection already closed")
+        return FakeCursor(self)
+
+    def commit(self) -> None:
+        self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+
+    def cancel(self) -> None:
+        self.cancels += 1
+
+    def close(self) -> None:
+        self.closed = 1

@@ -1,0 +1,273 @@
+#!/usr/bin/python
+# Copyright: mlflow-ha developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: patroni_cluster_info
+short_description: Check a Patroni cluster's leader, replicas, streaming and lag
+version_added: "0.1.0"
+description:
+  - Reads C(GET /cluster) from the first of O(endpoints) that answers and judges it, asking for a running
+    leader, enough healthy replicas, replicas streaming from the leader, lag within bounds, a synchronous standby.
+  - Fails with one sentence per problem, e.g. C(replica pg3 lags 20971520 bytes, more than the allowed
+    1048576), and returns the cluster as observed, so later tasks can assert on leader names and lag.
+  - With O(wait_timeout), keeps looking until the cluster is healthy (after a restart or a switchover) and
+    reports the last observation when the time is up.
+  - Patroni before 3.0.4 reports every healthy replica as C(running); whether a replica streams is then read
+    from the leader's C(GET /patroni) (its C(pg_stat_replication)). From 3.0.4 on, replicas say C(streaming).
+author:
+  - mlflow-ha developers (@mlflow-ha)
+options:
+  endpoints:
+    description:
+      - Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008). Any member answers for the whole
+        cluster; they are tried in order.
+    type: list
+    elements: str
+    required: true
+  ca_path:
+    description: CA bundle to verify HTTPS REST APIs with.
+    type: path
+  client_cert:
+    description: Client certificate, for REST APIs with C(restapi.verify_client).
+    type: path
+  client_key:
+    description: Key of O(client_cert), when it is not in the same file.
+    type: path
+  validate_certs:
+    description: Verify TLS certificates.
+    type: bool
+    default: true
+  require_leader:
+    description: Fail when no member holds the leader lock in state running.
+    type: bool
+    default: true
+  min_replicas:
+    description: Healthy replicas (running, and streaming or within lag when those are required) needed.
+    type: int
+    default: 0
+  require_streaming:
+    description: Every replica must stream WAL from the leader.
+    type: bool
+    default: false
+  max_lag_bytes:
+    description:
+      - Largest replication lag in bytes a replica may have. A replica whose lag Patroni reports as unknown
+        fails this check. Patroni refreshes the leader's position once per C(loop_wait), so allow some slack.
+    type: int
+  require_sync_standby:
+    description: A healthy synchronous standby must exist (synchronous_mode on).
+    type: bool
+    default: false
+  timeout:
+    description: Seconds one request may take.
+    type: float
+    default: 5
+  deadline:
+    description: Seconds one look at the cluster may take over all endpoints, waits between retries included.
+    type: float
+    default: 30
+  max_attempts:
+    description: Requests per look at most, over all endpoints.
+    type: int
+    default: 6
+  wait_timeout:
+    description:
+      - Seconds to keep looking until the cluster is healthy before failing; V(0) looks once.
+    type: float
+    default: 0
+  poll_interval:
+    description: Seconds between looks while waiting.
+    type: float
+    default: 2
+attributes:
+  check_mode:
+    support: full
+    description: Only reads; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is nothing to diff.
+"""
+
+EXAMPLES = r"""
+- name: Leader, two streaming replicas, lag under 1 MiB, waiting up to a minute
+  mlops.mlflow_ha.patroni_cluster_info:
+    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    min_replicas: 2
+    require_streaming: true
+    max_lag_bytes: 1048576
+    wait_timeout: 60
+  register: pg
+
+- name: The writer VIP points at the leader
+  ansible.builtin.assert:
+    that: pg.leader == 'pg1'
+"""
+
+RETURN = r"""
+members:
+  description: Every member as C(GET /cluster) reports it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Member name.
+      type: str
+    role:
+      description: C(leader), C(standby_leader), C(sync_standby) or C(replica).
+      type: str
+    state:
+      description: PostgreSQL state as Patroni sees it, e.g. C(running), C(starting), C(stopped), C(streaming).
+      type: str
+    host:
+      description: PostgreSQL host.
+      type: str
+    port:
+      description: PostgreSQL port.
+      type: int
+    api_url:
+      description: The member's REST API status URL.
+      type: str
+    timeline:
+      description: PostgreSQL timeline.
+      type: int
+    lag_bytes:
+      description: Bytes behind the leader; null on the leader and when Patroni reports the lag as unknown.
+      type: int
+    pending_restart:
+      description: A parameter change waits for a restart.
+      type: bool
+    tags:
+      description: Patroni tags of the member.
+      type: dict
+  sample:
+    - {"name": "pg1", "role": "leader", "state": "running", "host": "10.0.0.21", "port": 5432, "timeline": 3,
+       "lag_bytes": null}
+leader:
+  description: Name of the leader; null when there is none.
+  returned: always
+  type: str
+  sample: pg1
+replicas:
+  description: Names of the replicas (sync standbys included).
+  returned: always
+  type: list
+  elements: str
+  sample: [pg2, pg3]
+sync_standbys:
+  description: Names of the synchronous standbys.
+  returned: always
+  type: list
+  elements: str
+timeline:
+  description: The leader's timeline.
+  returned: always
+  type: int
+  sample: 3
+paused:
+  description: The cluster is in maintenance mode (no automatic failover).
+  returned: always
+  type: bool
+scheduled_switchover:
+  description: A scheduled switchover (C(at), C(from), C(to)), when there is one.
+  returned: always
+  type: dict
+replication:
+  description:
+    - The leader's C(pg_stat_replication) rows (application_name, state, sync_state, client_addr, usename,
+      sync_priority); null unless O(require_streaming) is set or when it could not be read.
+  returned: always
+  type: list
+  elements: dict
+healthy:
+  description: No problem was found.
+  returned: always
+  type: bool
+problems:
+  description: One sentence per problem; empty when healthy.
+  returned: always
+  type: list
+  elements: str
+  sample: ["replica pg3 lags 20971520 bytes, more than the allowed 1048576"]
+endpoint:
+  description: The URL that answered the last look.
+  returned: always
+  type: str
+checks:
+  description: How many times the cluster was looked at.
+  returned: always
+  type: int
+waited:
+  description: Seconds spent looking.
+  returned: always
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import UrllibTransport, endpoint_list
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
+
+
+def cluster_info(params, transport=None, clock=None):
+    """Return (result, failed-with message or None)."""
+    client = PatroniClient(
+        endpoint_list(params["endpoints"]),
+        transport=transport or UrllibTransport(ca_path=params["ca_path"], client_cert=params["client_cert"],
+                                               client_key=params["client_key"],
+                                               validate_certs=params["validate_certs"]),
+        clock=clock,
+        request_timeout=params["timeout"],
+        deadline=params["deadline"],
+        max_attempts=params["max_attempts"],
+    )
+    look = check_health(client, min_replicas=params["min_replicas"], require_streaming=params["require_streaming"],
+                        max_lag_bytes=params["max_lag_bytes"], require_sync=params["require_sync_standby"],
+                        require_leader=params["require_leader"], wait_timeout=params["wait_timeout"],
+                        poll_interval=params["poll_interval"])
+    result = dict(changed=False, **look.to_dict())
+    if look.error is not None:
+        result.update(look.error.to_dict())
+        return result, str(look.error)
+    if look.problems:
+        waited = " after waiting %.1f s" % look.waited if params["wait_timeout"] > 0 else ""
+        return result, "Patroni cluster is not healthy%s: %s" % (waited, "; ".join(look.problems))
+    return result, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            endpoints=dict(type="list", elements="str", required=True),
+            ca_path=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
+            validate_certs=dict(type="bool", default=True),
+            require_leader=dict(type="bool", default=True),
+            min_replicas=dict(type="int", default=0),
+            require_streaming=dict(type="bool", default=False),
+            max_lag_bytes=dict(type="int"),
+            require_sync_standby=dict(type="bool", default=False),
+            timeout=dict(type="float", default=5),
+            deadline=dict(type="float", default=30),
+            max_attempts=dict(type="int", default=6),
+            wait_timeout=dict(type="float", default=0),
+            poll_interval=dict(type="float", default=2),
+        ),
+        required_by={"client_key": "client_cert"},
+        supports_check_mode=True,
+    )
+    result, failure = cluster_info(module.params)
+    if failure:
+        module.fail_json(msg=failure, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
