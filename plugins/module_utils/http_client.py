@@ -343,3 +343,19 @@ def endpoint_list(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(v.strip().rstrip("/") for v in value if v and v.strip())
+
+
+def tls_argument_spec() -> Dict[str, Dict[str, Any]]:
+    """Argument spec of the TLS options (documented by the doc fragment mlops.mlflow_ha.tls)."""
+    return dict(
+        ca_path=dict(type="path"),
+        client_cert=dict(type="path"),
+        client_key=dict(type="path", no_log=False),
+        validate_certs=dict(type="bool", default=True),
+    )
+
+
+def transport_from_params(params: Mapping[str, Any]) -> UrllibTransport:
+    """The transport for a module's TLS options (see tls_argument_spec)."""
+    return UrllibTransport(ca_path=params.get("ca_path"), client_cert=params.get("client_cert"),
+                           client_key=params.get("client_key"), validate_certs=params.get("validate_certs", True))

@@ -30,19 +30,6 @@ options:
     type: list
     elements: str
     required: true
-  ca_path:
-    description: CA bundle to verify the members' server certificates with.
-    type: path
-  client_cert:
-    description: Client certificate (PEM) for clusters that require client certificate authentication.
-    type: path
-  client_key:
-    description: Key of O(client_cert), when it is not in the same file.
-    type: path
-  validate_certs:
-    description: Verify TLS certificates.
-    type: bool
-    default: true
   timeout:
     description: Seconds one request may take.
     type: float
@@ -56,6 +43,8 @@ options:
       - Voting members that must be healthy (answering, without alarms). Defaults to quorum (a majority of
         voting members); set it to the member count before a rolling restart.
     type: int
+extends_documentation_fragment:
+  - mlops.mlflow_ha.tls
 attributes:
   check_mode:
     support: full
@@ -195,8 +184,9 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.etcd import (
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
-    UrllibTransport,
     endpoint_list,
+    tls_argument_spec,
+    transport_from_params,
 )
 
 
@@ -204,9 +194,7 @@ def cluster_info(params, transport=None, clock=None):
     """Return the module result; raise HttpClientError when no endpoint lists the members."""
     client = EtcdClient(
         endpoint_list(params["endpoints"]),
-        transport=transport or UrllibTransport(ca_path=params["ca_path"], client_cert=params["client_cert"],
-                                               client_key=params["client_key"],
-                                               validate_certs=params["validate_certs"]),
+        transport=transport or transport_from_params(params),
         clock=clock,
         request_timeout=params["timeout"],
         deadline=params["deadline"],
@@ -230,11 +218,8 @@ def cluster_info(params, transport=None, clock=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **tls_argument_spec(),
             endpoints=dict(type="list", elements="str", required=True),
-            ca_path=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            validate_certs=dict(type="bool", default=True),
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
             min_healthy=dict(type="int"),

@@ -30,19 +30,6 @@ options:
     type: list
     elements: str
     required: true
-  ca_path:
-    description: CA bundle to verify HTTPS REST APIs with.
-    type: path
-  client_cert:
-    description: Client certificate, for REST APIs with C(restapi.verify_client).
-    type: path
-  client_key:
-    description: Key of O(client_cert), when it is not in the same file.
-    type: path
-  validate_certs:
-    description: Verify TLS certificates.
-    type: bool
-    default: true
   require_leader:
     description: Fail when no member holds the leader lock in state running.
     type: bool
@@ -85,6 +72,8 @@ options:
     description: Seconds between looks while waiting.
     type: float
     default: 2
+extends_documentation_fragment:
+  - mlops.mlflow_ha.tls
 attributes:
   check_mode:
     support: full
@@ -211,7 +200,11 @@ waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import UrllibTransport, endpoint_list
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
+    endpoint_list,
+    tls_argument_spec,
+    transport_from_params,
+)
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
 
 
@@ -219,9 +212,7 @@ def cluster_info(params, transport=None, clock=None):
     """Return (result, failed-with message or None)."""
     client = PatroniClient(
         endpoint_list(params["endpoints"]),
-        transport=transport or UrllibTransport(ca_path=params["ca_path"], client_cert=params["client_cert"],
-                                               client_key=params["client_key"],
-                                               validate_certs=params["validate_certs"]),
+        transport=transport or transport_from_params(params),
         clock=clock,
         request_timeout=params["timeout"],
         deadline=params["deadline"],
@@ -244,11 +235,8 @@ def cluster_info(params, transport=None, clock=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **tls_argument_spec(),
             endpoints=dict(type="list", elements="str", required=True),
-            ca_path=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            validate_certs=dict(type="bool", default=True),
             require_leader=dict(type="bool", default=True),
             min_replicas=dict(type="int", default=0),
             require_streaming=dict(type="bool", default=False),

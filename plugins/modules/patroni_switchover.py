@@ -59,19 +59,8 @@ options:
     description: Seconds one read request may take.
     type: float
     default: 5
-  ca_path:
-    description: CA bundle to verify HTTPS REST APIs with.
-    type: path
-  client_cert:
-    description: Client certificate, for REST APIs with C(restapi.verify_client).
-    type: path
-  client_key:
-    description: Key of O(client_cert), when it is not in the same file.
-    type: path
-  validate_certs:
-    description: Verify TLS certificates.
-    type: bool
-    default: true
+extends_documentation_fragment:
+  - mlops.mlflow_ha.tls
 attributes:
   check_mode:
     support: full
@@ -136,8 +125,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
-    UrllibTransport,
     endpoint_list,
+    tls_argument_spec,
+    transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import (
     PatroniClient,
@@ -152,9 +142,7 @@ def switchover(params, check_mode, transport=None, clock=None):
         endpoint_list(params["endpoints"]),
         username=params["username"],
         password=params["password"],
-        transport=transport or UrllibTransport(ca_path=params["ca_path"], client_cert=params["client_cert"],
-                                               client_key=params["client_key"],
-                                               validate_certs=params["validate_certs"]),
+        transport=transport or transport_from_params(params),
         clock=clock,
         request_timeout=params["request_timeout"],
         deadline=max(1.0, min(30.0, params["timeout"])),
@@ -171,6 +159,7 @@ def switchover(params, check_mode, transport=None, clock=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **tls_argument_spec(),
             endpoints=dict(type="list", elements="str", required=True),
             username=dict(type="str"),
             password=dict(type="str", no_log=True),
@@ -180,10 +169,6 @@ def main():
             timeout=dict(type="float", default=60),
             poll_interval=dict(type="float", default=1),
             request_timeout=dict(type="float", default=5),
-            ca_path=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            validate_certs=dict(type="bool", default=True),
         ),
         required_together=[("username", "password")],
         required_by={"client_key": "client_cert"},

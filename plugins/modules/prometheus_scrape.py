@@ -44,13 +44,6 @@ options:
     type: list
     elements: str
     default: []
-  ca_path:
-    description: CA bundle to verify an HTTPS endpoint with.
-    type: path
-  validate_certs:
-    description: Verify TLS certificates.
-    type: bool
-    default: true
   timeout:
     description: Seconds one request may take.
     type: float
@@ -63,6 +56,8 @@ options:
     description: Requests to make at most, over all endpoints.
     type: int
     default: 6
+extends_documentation_fragment:
+  - mlops.mlflow_ha.tls
 attributes:
   check_mode:
     support: full
@@ -123,8 +118,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
-    UrllibTransport,
     endpoint_list,
+    tls_argument_spec,
+    transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import ParseError, families, parse
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import RetryPolicy
@@ -137,7 +133,7 @@ def scrape(params, transport=None):
         params["component"],
         policy=RetryPolicy(max_attempts=params["max_attempts"], deadline=params["deadline"]),
         request_timeout=params["timeout"],
-        transport=transport or UrllibTransport(ca_path=params["ca_path"], validate_certs=params["validate_certs"]),
+        transport=transport or transport_from_params(params),
         headers={"Accept": "text/plain"},
     )
     response = client.request("GET", params["path"])
@@ -158,13 +154,12 @@ def scrape(params, transport=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **tls_argument_spec(),
             endpoints=dict(type="list", elements="str", required=True),
             path=dict(type="str", default="/metrics"),
             component=dict(type="str", default="metrics endpoint"),
             required_families=dict(type="list", elements="str", default=[]),
             select=dict(type="list", elements="str", default=[]),
-            ca_path=dict(type="path"),
-            validate_certs=dict(type="bool", default=True),
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
             max_attempts=dict(type="int", default=6),
