@@ -166,3 +166,46 @@ def poll_until(
         if elapsed + interval > timeout:
             raise PollTimeout(what, timeout, last, polls)
         clock.sleep(interval)
+
+
+class RetryError(Exception):
+    """``call_with_retry`` gave up; ``attempts`` holds one line per try and ``last`` the last exception."""
+
+    def __init__(self, what: str, attempts: list, last: BaseException, spent: float):
+        self.what = what
+        self.attempts = attempts
+        self.last = last
+        self.spent = spent
+        super().__init__("%s failed after %d attempt(s) in %.1f s: %s" % (
+            what, len(attempts), spent, "; ".join(attempts)))
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    what: str,
+    retryable: Callable[[BaseException], bool],
+    policy: Optional[RetryPolicy] = None,
+    clock: Optional[Clock] = None,
+    rng: Optional[random.Random] = None,
+) -> Tuple[T, int]:
+    """Call ``fn`` until it returns, retrying exceptions that ``retryable`` accepts with full-jitter backoff,
+    bounded by the policy's attempts and deadline. Returns ``(result, attempts)``; raises ``RetryError``
+    (or the exception itself when it is not retryable)."""
+    policy = policy or RetryPolicy()
+    clock = clock or Clock()
+    rng = rng or random.Random()
+    start = clock.now()
+    attempts: list = []
+    while True:
+        try:
+            return fn(), len(attempts) + 1
+        except Exception as err:
+            attempts.append("[%d] %s: %s" % (len(attempts) + 1, type(err).__name__, " ".join(str(err).split())[:200]))
+            if not retryable(err):
+                raise
+            if len(attempts) >= policy.max_attempts:
+                raise RetryError(what, attempts, err, clock.now() - start) from err
+            delay = policy.backoff(len(attempts), rng)
+            if clock.now() - start + delay >= policy.deadline:
+                raise RetryError(what, attempts, err, clock.now() - start) from err
+            clock.sleep(delay)

@@ -177,3 +177,16 @@ class FakePgConnection:
 
     def close(self) -> None:
         self.closed = 1
+
+
+def until(clock: FakeClock, at: float, before: Outcome, after: Outcome) -> Callable[[], Response]:
+    """An outcome that is ``before`` until the fake clock reaches ``at`` and ``after`` from then on: a server
+    that comes back (or goes away) at a scripted moment, however many requests the client makes meanwhile."""
+
+    def answer() -> Response:
+        outcome = before if clock.now() < at else after
+        if isinstance(outcome, TransportError):
+            raise outcome
+        return outcome() if callable(outcome) else outcome
+
+    return answer
