@@ -9,7 +9,7 @@ COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
 
-.PHONY: help bootstrap host engine image venv lab lab-destroy test lint sanity unit molecule bench clean
+.PHONY: help bootstrap host engine image venv weed lab lab-destroy test lint sanity unit molecule bench clean
 
 help:
 	@echo "make lab        build the local container lab (not yet available: see README)"
@@ -52,8 +52,13 @@ sanity: venv
 unit: venv
 	pytest tests/unit
 
-molecule: bootstrap
-	pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
+# The SeaweedFS binary the storage scenarios install (built once from its Go module, cached outside the checkout).
+weed:
+	@bash tools/build-weed.sh >/dev/null
+
+molecule: bootstrap weed
+	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
+	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 bench:
 	@echo "make bench: no benchmark yet; arrives with the lab (PostgreSQL failover and MLflow issues)."
