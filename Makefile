@@ -9,11 +9,13 @@ COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
 
-.PHONY: help bootstrap host engine image venv weed lab lab-destroy test lint sanity unit molecule bench clean
+.PHONY: help bootstrap host engine image venv weed wheelhouse lab lab-destroy test lint sanity unit molecule e2e bench clean
 
 help:
-	@echo "make lab        build the local container lab (not yet available: see README)"
-	@echo "make test       lint + sanity + unit + molecule (what CI runs)"
+	@echo "make lab        build the local container lab (inventories/lab): site.yml + validate.yml, prints the URLs"
+	@echo "make lab-destroy  remove the lab"
+	@echo "make test       lint + sanity + unit + molecule + the lab's end-to-end chaos test (what CI runs)"
+	@echo "make bench      registration load and faults against the lab; JSON result in tests/output/bench"
 	@echo "make molecule SCENARIO=roles/<role>/molecule/default   one scenario"
 
 ## Harness: each step is idempotent and quick when nothing changed.
@@ -32,14 +34,13 @@ image: engine
 	@bash tools/build-image.sh
 
 lab: bootstrap
-	@echo "make lab: not yet available. The whole-stack lab arrives with the MLflow HA issue;"
-	@echo "today 'make molecule' runs every role's scenario in the same kind of containers."
+	@bash tools/lab.sh up
 
-lab-destroy:
-	@echo "make lab-destroy: nothing to destroy yet (see make lab)."
+lab-destroy: venv
+	@bash tools/lab.sh destroy
 
 ## Tests
-test: lint sanity unit molecule
+test: lint sanity unit molecule e2e
 
 lint: venv
 	ansible-lint
@@ -56,12 +57,20 @@ unit: venv
 weed:
 	@bash tools/build-weed.sh >/dev/null
 
+# MLflow's offline wheelhouse (the mlflow role installs from it) and the official client on the controller.
+wheelhouse:
+	@bash tools/mlflow-venv.sh >/dev/null
+
 molecule: bootstrap weed
 	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
 	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
 
-bench:
-	@echo "make bench: no benchmark yet; arrives with the lab (PostgreSQL failover and MLflow issues)."
+# The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).
+e2e: bootstrap weed wheelhouse
+	MLFLOW_HA_CLIENT_PYTHON="$$(bash tools/mlflow-venv.sh 2>/dev/null | tail -1)" pytest tests/lab
+
+bench: bootstrap weed wheelhouse
+	@bash tools/bench.sh
 
 clean:
 	rm -rf .cache/collections tests/output

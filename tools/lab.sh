@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The local lab (inventories/lab): tools/lab.sh up | converge | validate | destroy | urls
+#   up        harness prerequisites (weed binary, MLflow wheelhouse), containers, site.yml, validate.yml, URLs
+#   converge  site.yml only (prints the recap; a rerun on a converged lab reports changed=0)
+#   validate  playbooks/validate.yml
+#   destroy   remove the lab's containers and network
+# Ansible's output goes to tests/output/lab/<step>.log as well as the terminal.
+source "$(dirname "$0")/lib.sh"
+
+INV="$ROOT/inventories/lab"
+OUT="$ROOT/tests/output/lab"
+mkdir -p "$OUT"
+export ANSIBLE_CONFIG="$ROOT/ansible.cfg"
+export PATH="$ROOT/.venv/bin:$PATH"
+
+vip() { awk '/^mlflow_ha_vip:/ {print $2}' "$INV/group_vars/all.yml"; }
+
+prerequisites() {
+  MLFLOW_HA_WEED_BINARY="$(bash "$ROOT/tools/build-weed.sh" | tail -1)"
+  export MLFLOW_HA_WEED_BINARY
+  bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
+}
+
+playbook() {  # playbook NAME FILE [args...]: run and keep a log
+  local name=$1 file=$2; shift 2
+  local t0; t0=$(date +%s)
+  log "lab: $name ($file)"
+  set -o pipefail
+  ansible-playbook -i "$INV" "$file" "$@" 2>&1 | tee "$OUT/$name.log"
+  log "lab: $name done in $(since "$t0") s"
+}
+
+urls() {
+  local v; v=$(vip)
+  cat <<URLS
+
+  MLflow (through the VIP):   http://$v/        https://$v/  (CA: inventories/pki/lab/ca.crt)
+  HAProxy stats:              http://$v:8404/stats
+  PostgreSQL (read-write):    $v:5000           read-only: $v:5001
+  S3 endpoint:                https://$v:9000
+  Tear down:                  make lab-destroy
+URLS
+}
+
+case "${1:-up}" in
+  up)
+    prerequisites
+    playbook create "$ROOT/tools/lab/create.yml"
+    playbook site "$ROOT/playbooks/site.yml"
+    playbook validate "$ROOT/playbooks/validate.yml"
+    urls
+    ;;
+  converge)
+    prerequisites
+    playbook "${2:-site}" "$ROOT/playbooks/site.yml"
+    ;;
+  validate)
+    playbook validate "$ROOT/playbooks/validate.yml"
+    ;;
+  destroy)
+    playbook destroy "$ROOT/tools/lab/destroy.yml"
+    ;;
+  urls)
+    urls
+    ;;
+  *)
+    die "usage: tools/lab.sh up|converge|validate|destroy|urls"
+    ;;
+esac
