@@ -27,6 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -188,6 +190,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def read_artifact(tracking_uri: str, uri: str) -> bytes:
+    """GET an mlflow-artifacts:/ URI through the tracking server's proxied artifact API (what users read)."""
+    path = uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read()
+
+
 def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -210,23 +220,20 @@ def cmd_verify(args) -> int:
             keyed.setdefault(v.tags.get(KEY_TAG, ""), []).append(v)
         by_model[model] = keyed
     lost, duplicated, unreadable = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for a in acks:
-            found = by_model[a["model"]].get(a["key"], [])
-            if not found:
-                lost.append(a["key"])
-                continue
-            if len(found) > 1:
-                duplicated.append({"key": a["key"], "versions": sorted(int(v.version) for v in found)})
-            target = Path(tmp) / a["key"]
-            try:
-                local = client.download_artifacts(found[0].run_id, "model/model.bin", str(target))
-                digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-            except Exception as err:
-                unreadable.append({"key": a["key"], "error": short(err)})
-                continue
-            if digest != a["sha256"]:
-                unreadable.append({"key": a["key"], "error": f"sha256 {digest} != {a['sha256']}"})
+    for a in acks:
+        found = by_model[a["model"]].get(a["key"], [])
+        if not found:
+            lost.append(a["key"])
+            continue
+        if len(found) > 1:
+            duplicated.append({"key": a["key"], "versions": sorted(int(v.version) for v in found)})
+        try:
+            digest = hashlib.sha256(read_artifact(args.tracking_uri, found[0].source + "/model.bin")).hexdigest()
+        except Exception as err:
+            unreadable.append({"key": a["key"], "error": short(err)})
+            continue
+        if digest != a["sha256"]:
+            unreadable.append({"key": a["key"], "error": f"sha256 {digest} != {a['sha256']}"})
     # Versions made by registrations that were never acknowledged (abandoned) are not losses; count them apart.
     acked_keys = {a["key"] for a in acks}
     unacked_versions = sum(len(v) for keyed in by_model.values() for k, v in keyed.items() if k not in acked_keys)
