@@ -752,9 +752,8 @@ class TestHaproxyCsv:
 
 class TestInfo:
     def test_all_healthy(self, clock, rng):
-        prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.replace(",DOWN,", ",UP,")
-                                                                        .replace(",MAINT,", ",UP,").encode())),
-                                       lb_url=VIP, haproxy_stats_url=STATS)
+        all_up = HAPROXY_CSV.replace(",DOWN,", ",UP,").replace(",MAINT,", ",UP,").encode()
+        prober, _t = prober_for(clock, rng, info_routes(stats=ok(all_up)), lb_url=VIP, haproxy_stats_url=STATS)
         check = check_servers(prober)
         facts = check.to_dict()
         assert facts["problems"] == [] and facts["healthy"] == list(SERVERS) and facts["versions"] == ["3.17.2"]
