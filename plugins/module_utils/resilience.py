@@ -13,7 +13,7 @@ __metaclass__ = type
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -139,6 +139,14 @@ class PollTimeout(Exception):
         self.polls = polls
         super().__init__("%s did not happen within %.1f s (%d checks); last observed: %r"
                          % (what, timeout, polls, last))
+
+
+def wait_argument_spec() -> Dict[str, Dict[str, Any]]:
+    """Argument spec of the wait options (documented by the doc fragment mlops.mlflow_ha.wait)."""
+    return dict(
+        wait_timeout=dict(type="float", default=0),
+        poll_interval=dict(type="float", default=2),
+    )
 
 
 def poll_until(

@@ -42,15 +42,6 @@ options:
         quorum fails.
     type: bool
     default: true
-  wait_timeout:
-    description:
-      - Seconds to keep looking until the cluster is healthy before failing; V(0) looks once.
-    type: float
-    default: 0
-  poll_interval:
-    description: Seconds between looks while waiting.
-    type: float
-    default: 2
   timeout:
     description: Seconds one request may take.
     type: float
@@ -61,6 +52,7 @@ options:
     default: 30
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
+  - mlops.mlflow_ha.wait
 attributes:
   check_mode:
     support: full
@@ -196,6 +188,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.minio import (
     check_cluster,
     check_expected_nodes,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None, rng=None):
@@ -231,8 +224,7 @@ def main():
             nodes=dict(type="list", elements="str", required=True),
             expected_nodes=dict(type="int", default=0),
             fail_on_degraded=dict(type="bool", default=True),
-            wait_timeout=dict(type="float", default=0),
-            poll_interval=dict(type="float", default=2),
+            **wait_argument_spec(),
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
         ),

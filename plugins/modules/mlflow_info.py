@@ -51,15 +51,6 @@ options:
   password:
     description: Password of O(username).
     type: str
-  wait_timeout:
-    description:
-      - Seconds to keep looking until there is no problem before failing; V(0) looks once.
-    type: float
-    default: 0
-  poll_interval:
-    description: Seconds between looks while waiting.
-    type: float
-    default: 2
   timeout:
     description: Seconds one request may take.
     type: float
@@ -74,6 +65,7 @@ options:
     default: 2
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
+  - mlops.mlflow_ha.wait
 attributes:
   check_mode:
     support: full
@@ -220,6 +212,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import tls_argument_spec
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import mlflow_info
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def info(params, transport=None, clock=None, rng=None):
@@ -238,8 +231,7 @@ def main():
             min_healthy=dict(type="int"),
             username=dict(type="str"),
             password=dict(type="str", no_log=True),
-            wait_timeout=dict(type="float", default=0),
-            poll_interval=dict(type="float", default=2),
+            **wait_argument_spec(),
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=15),
             max_attempts=dict(type="int", default=2),

@@ -63,17 +63,9 @@ options:
     description: Requests per look at most, over all endpoints.
     type: int
     default: 6
-  wait_timeout:
-    description:
-      - Seconds to keep looking until the cluster is healthy before failing; V(0) looks once.
-    type: float
-    default: 0
-  poll_interval:
-    description: Seconds between looks while waiting.
-    type: float
-    default: 2
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
+  - mlops.mlflow_ha.wait
 attributes:
   check_mode:
     support: full
@@ -206,6 +198,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None):
@@ -245,8 +238,7 @@ def main():
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
             max_attempts=dict(type="int", default=6),
-            wait_timeout=dict(type="float", default=0),
-            poll_interval=dict(type="float", default=2),
+            **wait_argument_spec(),
         ),
         required_by={"client_key": "client_cert"},
         supports_check_mode=True,

@@ -58,15 +58,6 @@ options:
       - Fail when the cluster has quorum but a problem (see RV(problems)). With V(false) only a lost quorum fails.
     type: bool
     default: true
-  wait_timeout:
-    description:
-      - Seconds to keep looking until the cluster is healthy before failing; V(0) looks once.
-    type: float
-    default: 0
-  poll_interval:
-    description: Seconds between looks while waiting.
-    type: float
-    default: 2
   timeout:
     description: Seconds one request may take.
     type: float
@@ -77,6 +68,7 @@ options:
     default: 30
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
+  - mlops.mlflow_ha.wait
 attributes:
   check_mode:
     support: full
@@ -289,6 +281,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.seaweedfs import SeaweedClient, check_cluster
 
 
@@ -327,8 +320,7 @@ def main():
             expected_volume_servers=dict(type="int", default=0),
             check_volume_servers=dict(type="bool", default=True),
             fail_on_degraded=dict(type="bool", default=True),
-            wait_timeout=dict(type="float", default=0),
-            poll_interval=dict(type="float", default=2),
+            **wait_argument_spec(),
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
         ),

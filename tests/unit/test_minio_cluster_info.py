@@ -265,7 +265,8 @@ class TestModule:
 
     def test_documentation_matches_the_options_and_the_result(self, clock):
         doc = yaml.safe_load(minio_cluster_info.DOCUMENTATION)
-        assert set(doc["options"]) == set(params()) - {"ca_path", "client_cert", "client_key", "validate_certs"}
+        assert set(doc["options"]) == set(params()) - {"ca_path", "client_cert", "client_key", "validate_certs",
+                                                       "wait_timeout", "poll_interval"}  # doc fragments tls, wait
         assert doc["attributes"]["check_mode"]["support"] == "full"
         assert all(a.get("description") for a in doc["attributes"].values())
         result, _failure, _t = run(clock, routes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import json
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -13,7 +14,6 @@ import pytest
 import yaml
 from fakes import FakeClock, RouteTransport, ok, refused, timed_out, until
 
-from ansible_collections.mlops.mlflow_ha.plugins.doc_fragments.tls import ModuleDocFragment
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     Response,
     Transport,
@@ -883,10 +883,13 @@ def argument_spec_of(module, monkeypatch):
 
 
 def documented_options(module):
+    """The module's options with those of the collection's doc fragments it extends."""
     doc = yaml.safe_load(module.DOCUMENTATION)
     options = dict(doc["options"])
-    if "mlops.mlflow_ha.tls" in doc.get("extends_documentation_fragment", []):
-        options.update(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
+    for fragment in doc.get("extends_documentation_fragment", []):
+        name = fragment.rpartition(".")[2]
+        source = importlib.import_module(f"ansible_collections.mlops.mlflow_ha.plugins.doc_fragments.{name}")
+        options.update(yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION)["options"])
     return doc, options
 
 
