@@ -29,6 +29,13 @@ checked against a running 3.17.2 server:
   ``--artifacts-destination`` (overwriting: the PUT is idempotent), ``GET`` of the same path returns it. A run's
   ``artifact_uri`` is ``mlflow-artifacts:/<experiment>/<run>/artifacts`` when the server proxies artifacts
   (``--serve-artifacts``, the default, without ``--default-artifact-root``).
+- Housekeeping, as MLflow's REST reference (``docs/api_reference/source/rest-api.rst``) documents it and as its
+  own client sends it: ``DELETE .../model-versions/delete`` with the JSON body ``{"name", "version"}``, ``POST
+  .../runs/delete`` ``{"run_id"}`` (the run is marked deleted; ``mlflow gc`` removes it later), each answering
+  ``RESOURCE_DOES_NOT_EXIST`` for what is not there. ``GET .../experiments/get-by-name?experiment_name=`` answers
+  ``RESOURCE_DOES_NOT_EXIST`` for an unknown name and finds a deleted experiment (``lifecycle_stage`` ``deleted``),
+  whose name ``POST .../experiments/create`` refuses with ``RESOURCE_ALREADY_EXISTS`` until it is restored
+  (``POST .../experiments/restore``).
 
 Creating a model version (or a run) is not idempotent: every accepted request makes a new one. What is made here
 carries the tag ``mlflow_ha.idempotency_key``; before any create the key is searched, and after a create that
@@ -140,6 +147,10 @@ def is_refusal(err: HttpClientError) -> bool:
     return err.response is not None and 400 <= err.response.status < 500 and err.response.status != 429
 
 
+def _does_not_exist(err: HttpClientError) -> bool:
+    return err.response is not None and mlflow_error(err.response)[0] == DOES_NOT_EXIST
+
+
 # -- the search filter ----------------------------------------------------------------------------------
 
 
@@ -155,6 +166,15 @@ def filter_literal(value: str) -> Optional[str]:
         if quote_char not in value:
             return quote_char + value + quote_char
     return None
+
+
+def _equals(field_name: str, value: str) -> str:
+    """``field = 'value'`` for a search filter; ValueError when the value cannot be written."""
+    literal = filter_literal(value)
+    if literal is None:
+        raise ValueError("%r cannot be searched for in MLflow's filter grammar: it contains both quote characters "
+                         "or ends in a backslash" % (value,))
+    return "%s = %s" % (field_name, literal)
 
 
 def version_filter(name: str, key: str) -> str:
@@ -308,7 +328,29 @@ class MlflowClient:
 
     def search_versions(self, name: str, key: str) -> Tuple[List[ModelVersion], str]:
         """Versions of ``name`` carrying idempotency key ``key``, lowest first, and the endpoint that answered."""
-        query: Dict[str, Any] = {"filter": version_filter(name, key), "max_results": SEARCH_PAGE_SIZE}
+        versions, endpoint, _complete = self._search_version_pages(version_filter(name, key))
+        found = [v for v in versions if v.name == name and v.tags.get(IDEMPOTENCY_TAG) == key]
+        return sorted(found, key=lambda v: v.version), endpoint
+
+    def list_versions(self, name: str, tags: Optional[Mapping[str, str]] = None) -> List[ModelVersion]:
+        """Every version of ``name`` carrying all of ``tags``, highest first.
+
+        Raises ValueError when the name or a tag cannot be written in MLflow's filter grammar, and MlflowError
+        when there are more versions than the search reads (rather than answer with a part of them)."""
+        clauses = [_equals("name", name)]
+        clauses.extend(_equals("tags.`%s`" % k, v) for k, v in sorted((tags or {}).items()))
+        versions, endpoint, complete = self._search_version_pages(" AND ".join(clauses))
+        wanted = dict(tags or {})
+        if not complete:
+            raise MlflowError("%s: %s has more than %d versions of model '%s' with tags %s; not listing a part of "
+                              "them" % (COMPONENT, endpoint, SEARCH_PAGE_SIZE * SEARCH_MAX_PAGES, name, wanted))
+        found = [v for v in versions if v.name == name and all(v.tags.get(k) == val for k, val in wanted.items())]
+        return sorted(found, key=lambda v: v.version, reverse=True)
+
+    def _search_version_pages(self, filter_text: str) -> Tuple[List[ModelVersion], str, bool]:
+        """GET model-versions/search page by page: (versions, the endpoint that answered, whether every page was
+        read within SEARCH_MAX_PAGES)."""
+        query: Dict[str, Any] = {"filter": filter_text, "max_results": SEARCH_PAGE_SIZE}
         found: List[ModelVersion] = []
         endpoint = ""
         for _page in range(SEARCH_MAX_PAGES):
@@ -321,16 +363,25 @@ class MlflowClient:
                                   % (COMPONENT, endpoint, excerpt(response.body)))
             for raw in doc.get("model_versions") or []:
                 try:
-                    version = parse_model_version(raw)
+                    found.append(parse_model_version(raw))
                 except ValueError as err:
                     raise MlflowError("%s: %s answered the search with %s" % (COMPONENT, endpoint, err)) from err
-                if version.name == name and version.tags.get(IDEMPOTENCY_TAG) == key:
-                    found.append(version)
             token = doc.get("next_page_token")
             if not token:
-                break
+                return found, endpoint, True
             query["page_token"] = token
-        return sorted(found, key=lambda v: v.version), endpoint
+        return found, endpoint, False
+
+    def delete_version(self, name: str, version: int) -> bool:
+        """DELETE model-versions/delete (MLflow reads its JSON body); False when there was no such version,
+        also when an earlier try of this same call deleted it."""
+        try:
+            self.request("DELETE", API + "/model-versions/delete", json_body={"name": name, "version": str(version)})
+        except HttpClientError as err:
+            if _does_not_exist(err):
+                return False
+            raise
+        return True
 
     def create_registered_model(self, name: str) -> bool:
         """Make sure the registered model exists; True when this call created it. Safe to repeat, since an
@@ -410,10 +461,13 @@ class MlflowClient:
                 runs.append((str(info["run_id"]), str(info["artifact_uri"])))
         return runs
 
-    def create_run(self, experiment_id: str, key: str, run_name: str) -> Tuple[str, str]:
-        """POST runs/create once, tagged with ``key``: (run_id, artifact_uri). Not idempotent, like a version."""
-        body = {"experiment_id": experiment_id, "run_name": run_name, "start_time": wall_ms(),
-                "tags": [{"key": IDEMPOTENCY_TAG, "value": key}]}
+    def create_run(self, experiment_id: str, key: str, run_name: str,
+                   tags: Optional[Mapping[str, Any]] = None) -> Tuple[str, str]:
+        """POST runs/create once, tagged with ``key`` (and ``tags``): (run_id, artifact_uri). Not idempotent, like
+        a version."""
+        all_tags = [{"key": str(k), "value": str(v)} for k, v in sorted((tags or {}).items()) if k != IDEMPOTENCY_TAG]
+        all_tags.append({"key": IDEMPOTENCY_TAG, "value": key})
+        body = {"experiment_id": experiment_id, "run_name": run_name, "start_time": wall_ms(), "tags": all_tags}
         response = self.request("POST", API + "/runs/create", json_body=body, idempotent=False)
         doc = self.json(response)
         info = (doc.get("run") or {}).get("info") if isinstance(doc, Mapping) else None
@@ -426,6 +480,86 @@ class MlflowClient:
         """Mark a run FINISHED; the same request twice leaves the same state."""
         self.request("POST", API + "/runs/update", json_body={"run_id": run_id, "status": "FINISHED",
                                                               "end_time": wall_ms()}, idempotent=True)
+
+    def delete_run(self, run_id: str) -> bool:
+        """POST runs/delete (MLflow marks the run deleted; ``mlflow gc`` removes it and its artifacts later);
+        False when there was no such run. The same request twice leaves the same state, so it is retried."""
+        try:
+            self.request("POST", API + "/runs/delete", json_body={"run_id": run_id}, idempotent=True)
+        except HttpClientError as err:
+            if _does_not_exist(err):
+                return False
+            raise
+        return True
+
+    def recent_runs(self, experiment_id: str, tags: Optional[Mapping[str, str]] = None,
+                    max_results: int = SEARCH_PAGE_SIZE) -> List[str]:
+        """The ids of the newest ``max_results`` active runs of ``experiment_id`` carrying all of ``tags``, newest
+        first (one page). Raises ValueError when a tag cannot be written in MLflow's filter grammar."""
+        body: Dict[str, Any] = {"experiment_ids": [experiment_id], "max_results": max_results,
+                                "order_by": ["start_time DESC"]}
+        if tags:
+            body["filter"] = " AND ".join(_equals("tags.`%s`" % k, v) for k, v in sorted(tags.items()))
+        response = self.request("POST", API + "/runs/search", json_body=body, idempotent=True)
+        doc = self.json(response)
+        runs = []
+        for raw in (doc.get("runs") or []) if isinstance(doc, Mapping) else []:
+            info = raw.get("info") if isinstance(raw, Mapping) else None
+            if isinstance(info, Mapping) and info.get("run_id"):
+                runs.append(str(info["run_id"]))
+        return runs
+
+    # -- experiments ------------------------------------------------------------------------------------
+
+    def experiment_by_name(self, name: str) -> Optional[Tuple[str, str]]:
+        """(experiment_id, lifecycle_stage) of the experiment called ``name``; None when there is none."""
+        path = "%s/experiments/get-by-name?%s" % (API, urlencode({"experiment_name": name}))
+        try:
+            response = self.request("GET", path)
+        except HttpClientError as err:
+            if _does_not_exist(err):
+                return None
+            raise
+        doc = self.json(response)
+        experiment = doc.get("experiment") if isinstance(doc, Mapping) else None
+        if not isinstance(experiment, Mapping) or not experiment.get("experiment_id"):
+            raise MlflowError("%s: %s answered experiments/get-by-name for '%s' without an experiment_id: %s"
+                              % (COMPONENT, base_url(response, path), name, excerpt(response.body)))
+        return str(experiment["experiment_id"]), str(experiment.get("lifecycle_stage") or "active")
+
+    def create_experiment(self, name: str) -> str:
+        """POST experiments/create: the new experiment's id. Names are unique, so a repeat cannot make a second
+        one (it is refused with RESOURCE_ALREADY_EXISTS, which is raised as HttpClientError)."""
+        response = self.request("POST", API + "/experiments/create", json_body={"name": name}, idempotent=True)
+        doc = self.json(response)
+        if not isinstance(doc, Mapping) or not doc.get("experiment_id"):
+            raise MlflowError("%s: %s answered experiments/create without an experiment_id: %s"
+                              % (COMPONENT, response.url, excerpt(response.body)))
+        return str(doc["experiment_id"])
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self.request("POST", API + "/experiments/restore", json_body={"experiment_id": experiment_id},
+                     idempotent=True)
+
+    def ensure_experiment(self, name: str) -> Tuple[str, bool]:
+        """The id of experiment ``name``, made (or restored, when it was deleted) if need be; and whether this
+        call changed anything."""
+        found = self.experiment_by_name(name)
+        if found is None:
+            try:
+                return self.create_experiment(name), True
+            except HttpClientError as err:
+                if err.response is None or mlflow_error(err.response)[0] != ALREADY_EXISTS:
+                    raise
+            found = self.experiment_by_name(name)  # made meanwhile by someone else
+            if found is None:
+                raise MlflowError("%s: experiment '%s' was refused as existing, and then not found by name"
+                                  % (COMPONENT, name))
+        experiment_id, stage = found
+        if stage == "deleted":
+            self.restore_experiment(experiment_id)
+            return experiment_id, True
+        return experiment_id, False
 
     # -- artifacts --------------------------------------------------------------------------------------
 
