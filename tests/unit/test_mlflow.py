@@ -8,13 +8,14 @@ import hashlib
 import importlib
 import json
 import re
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import pytest
 import yaml
 from fakes import FakeClock, RouteTransport, ok, refused, timed_out, until
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
+    HttpClientError,
     Response,
     Transport,
     TransportError,
@@ -951,3 +952,118 @@ class TestModules:
         result, failure = mlflow_info.info(info_params(min_healthy=5), transport, clock, rng)
         assert failure == "min_healthy must be between 1 and 3 (the servers listed), got 5"
         assert result == {"changed": False} and transport.requests == []
+
+
+PROBE_TAGS = {"mlflow_ha.probe": "registration_probe"}
+
+
+class TestHousekeeping:
+    """Experiments, deletes and searches by name and tags (what the registration probe needs), request by request."""
+
+    @staticmethod
+    def client(clock, rng, routes):
+        transport = RouteTransport(clock, routes)
+        return MlflowClient([VIP], transport=transport, clock=clock, rng=rng, request_timeout=5.0, deadline=5.0,
+                            max_attempts=1), transport
+
+    @staticmethod
+    def search_url(filter_text, token=None):
+        query = {"filter": filter_text, "max_results": 100}
+        if token:
+            query["page_token"] = token
+        return "GET %s%s/model-versions/search?%s" % (VIP, API, urlencode(query))
+
+    @staticmethod
+    def version(number, name="probe", **tags):
+        return {"name": name, "version": str(number), "run_id": "run%d" % number,
+                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+
+    def test_delete_version_sends_a_json_body_and_takes_not_found_as_gone(self, clock, rng):
+        route = "DELETE %s%s/model-versions/delete" % (VIP, API)
+        client, transport = self.client(clock, rng, {route: [
+            mlflow_json({}), mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Model Version (name=m, version=3) not found", 404),
+            mlflow_fail("INTERNAL_ERROR", "db", 500)]})
+        assert client.delete_version("m", 3) is True
+        sent = transport.requests[0]
+        assert json.loads(sent["body"]) == {"name": "m", "version": "3"}
+        assert sent["headers"]["Content-Type"] == "application/json"
+        assert client.delete_version("m", 3) is False
+        with pytest.raises(HttpClientError, match="HTTP 500"):
+            client.delete_version("m", 3)
+
+    def test_delete_run(self, clock, rng):
+        route = "POST %s%s/runs/delete" % (VIP, API)
+        client, transport = self.client(clock, rng, {route: [
+            mlflow_json({}), mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Run 'r9' not found", 404)]})
+        assert client.delete_run("r9") is True and json.loads(transport.requests[0]["body"]) == {"run_id": "r9"}
+        assert client.delete_run("r9") is False
+
+    def get_by_name(self, name="probe"):
+        return "GET %s%s/experiments/get-by-name?experiment_name=%s" % (VIP, API, name)
+
+    def test_ensure_experiment_creates_a_missing_one(self, clock, rng):
+        missing = mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Could not find experiment with name 'probe'", 404)
+        client, transport = self.client(clock, rng, {
+            self.get_by_name(): [missing],
+            "POST %s%s/experiments/create" % (VIP, API): [mlflow_json({"experiment_id": "4"})]})
+        assert client.ensure_experiment("probe") == ("4", True)
+        assert json.loads(transport.requests[1]["body"]) == {"name": "probe"}
+
+    def test_ensure_experiment_finds_and_restores(self, clock, rng):
+        def found(stage):
+            return mlflow_json({"experiment": {"experiment_id": "2", "name": "probe", "lifecycle_stage": stage}})
+
+        restore = "POST %s%s/experiments/restore" % (VIP, API)
+        client, transport = self.client(clock, rng, {self.get_by_name(): [found("active"), found("deleted")],
+                                                     restore: [mlflow_json({})]})
+        assert client.ensure_experiment("probe") == ("2", False) and len(transport.requests) == 1
+        assert client.ensure_experiment("probe") == ("2", True)
+        assert transport.requests[-1]["url"].endswith("/experiments/restore")
+        assert json.loads(transport.requests[-1]["body"]) == {"experiment_id": "2"}
+
+    def test_ensure_experiment_made_meanwhile_by_someone_else(self, clock, rng):
+        client, _transport = self.client(clock, rng, {
+            self.get_by_name(): [mlflow_fail("RESOURCE_DOES_NOT_EXIST", "no", 404), mlflow_json(
+                {"experiment": {"experiment_id": "5", "name": "probe", "lifecycle_stage": "active"}})],
+            "POST %s%s/experiments/create" % (VIP, API): [mlflow_fail("RESOURCE_ALREADY_EXISTS", "exists")]})
+        assert client.ensure_experiment("probe") == ("5", False)
+
+    def test_list_versions_by_name_and_tags_all_pages_highest_first(self, clock, rng):
+        text = "name = 'probe' AND tags.`mlflow_ha.probe` = 'registration_probe'"
+        client, _transport = self.client(clock, rng, {
+            self.search_url(text): [mlflow_json({"model_versions": [self.version(2, **PROBE_TAGS)],
+                                                 "next_page_token": "t1"})],
+            self.search_url(text, "t1"): [mlflow_json({"model_versions": [
+                self.version(7, **PROBE_TAGS), self.version(5), self.version(9, "other", **PROBE_TAGS)]})]})
+        assert [v.version for v in client.list_versions("probe", PROBE_TAGS)] == [7, 2]
+
+    def test_list_versions_refuses_to_answer_with_a_part(self, clock, rng):
+        text = "name = 'probe'"
+        page = mlflow_json({"model_versions": [self.version(1)], "next_page_token": "t"})
+        client, transport = self.client(clock, rng, {self.search_url(text): [page], self.search_url(text, "t"): [page]})
+        with pytest.raises(MlflowError, match="has more than 2000 versions of model 'probe'"):
+            client.list_versions("probe")
+        assert len(transport.requests) == 20
+
+    def test_list_versions_names_it_cannot_search_for(self, clock, rng):
+        client, _transport = self.client(clock, rng, {})
+        with pytest.raises(ValueError, match="cannot be searched for"):
+            client.list_versions("a'b\"c")
+
+    def test_recent_runs_newest_first_by_tag(self, clock, rng):
+        route = "POST %s%s/runs/search" % (VIP, API)
+        client, transport = self.client(clock, rng, {route: [mlflow_json({"runs": [
+            {"info": {"run_id": "r3"}}, {"info": {"run_id": "r2"}}, {"data": {}}]})]})
+        assert client.recent_runs("3", PROBE_TAGS, max_results=7) == ["r3", "r2"]
+        assert json.loads(transport.requests[0]["body"]) == {
+            "experiment_ids": ["3"], "max_results": 7, "order_by": ["start_time DESC"],
+            "filter": "tags.`mlflow_ha.probe` = 'registration_probe'"}
+
+    def test_create_run_with_extra_tags_keeps_the_key_last(self, clock, rng):
+        route = "POST %s%s/runs/create" % (VIP, API)
+        client, transport = self.client(clock, rng, {route: [mlflow_json(
+            {"run": {"info": {"run_id": "r4", "artifact_uri": "mlflow-artifacts:/3/r4/artifacts"}}})]})
+        assert client.create_run("3", "k1", "probe run", tags={"team": "ml", IDEMPOTENCY_TAG: "ignored"}) == (
+            "r4", "mlflow-artifacts:/3/r4/artifacts")
+        assert json.loads(transport.requests[0]["body"])["tags"] == [
+            {"key": "team", "value": "ml"}, {"key": IDEMPOTENCY_TAG, "value": "k1"}]

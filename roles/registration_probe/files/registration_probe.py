@@ -71,24 +71,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    HttpClientError,
-    Response,
-    Transport,
-    UrllibTransport,
-)
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
-    MlflowClient,
-    MlflowError,
-    ModelVersion,
-    derive_idempotency_key,
-    describe_failure,
-    filter_literal,
-    is_refusal,
-    proxy_path,
-    sha256_hex,
-)
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import Clock
+try:
+    from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
+        HttpClientError,
+        Response,
+        Transport,
+        UrllibTransport,
+    )
+    from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
+        MlflowClient,
+        MlflowError,
+        ModelVersion,
+        derive_idempotency_key,
+        describe_failure,
+        filter_literal,
+        is_refusal,
+        proxy_path,
+        sha256_hex,
+    )
+    from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import Clock
+except ImportError as err:  # the role puts them there: say what is missing instead of a traceback
+    sys.stderr.write("registration probe: cannot import the collection's module_utils (%s): put the directory "
+                     "holding ansible_collections/mlops/mlflow_ha/plugins/module_utils on PYTHONPATH\n" % err)
+    sys.exit(2)
 
 T = TypeVar("T")
 
