@@ -9,7 +9,7 @@ COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
 
-.PHONY: help bootstrap host engine image venv weed wheelhouse lab lab-destroy test lint sanity unit molecule e2e bench clean
+.PHONY: help bootstrap host engine image venv weed wheelhouse promtool lab lab-destroy test lint sanity unit molecule e2e bench clean
 
 help:
 	@echo "make lab        build the local container lab (inventories/lab): site.yml + validate.yml, prints the URLs"
@@ -50,8 +50,12 @@ lint: venv
 sanity: venv
 	bash tools/sanity.sh
 
-unit: venv
-	pytest tests/unit
+# promtool/amtool (extracted from Debian's packages, never installed as services) for the alert rule tests.
+promtool:
+	@bash tools/promtool.sh >/dev/null
+
+unit: venv promtool
+	PROMTOOL=$(ROOT)/.cache/bin/promtool pytest tests/unit
 
 # The SeaweedFS binary the storage scenarios install (built once from its Go module, cached outside the checkout).
 weed:

@@ -701,3 +701,37 @@ def test_the_program_registers_serves_metrics_and_stops_on_sigterm(tmp_path):
         assert len(fake.versions) <= 3, "pruned down to PROBE_KEEP_VERSIONS (and the newest, not yet pruned)"
         assert fake.sent("DELETE", API + "/model-versions/delete"), "a real DELETE with a JSON body"
         assert all(r["headers"].get("Authorization") == "Basic " + TOKEN for r in fake.requests)
+
+
+def test_sigterm_ends_the_program_within_a_second_while_a_request_hangs(tmp_path):
+    with socket.socket() as silent:  # takes connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROBE_") and k != "JOURNAL_STREAM"}
+        env.update(PYTHONPATH=str(probe_host_layout(tmp_path)), PROBE_TIMEOUT="30",
+                   PROBE_TRACKING_URI="http://127.0.0.1:%d" % silent.getsockname()[1],
+                   PROBE_LISTEN="127.0.0.1:%d" % port)
+        proc = subprocess.Popen([sys.executable, "-S", str(PROGRAM)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # until the first step's request is in flight
+                assert time.monotonic() < deadline and proc.poll() is None
+                try:
+                    if scrape("http://127.0.0.1:%d/metrics" % port)[
+                            ("mlflow_probe_step_attempts_total", (("step", "create_run"),))] == 1:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=5)
+            assert time.monotonic() - t0 < 1.0 and proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            _out, err = proc.communicate()
+    assert "SIGTERM received, stopping" in err.decode()

@@ -37,9 +37,10 @@ circuit breaker carried over from an earlier cycle, so the probe sees what a use
 The first step that fails ends the cycle (the later ones are not attempted) and is logged to stderr as one
 sentence: the step, the request and what it answered. After a success the run is marked finished, and the probe
 versions beyond the newest PROBE_KEEP_VERSIONS are deleted with their runs, as are runs no version uses beyond the
-newest PROBE_KEEP_VERSIONS runs (those of failed cycles); at most PRUNE_BATCH of each per cycle. Only what carries
-the probe's tag ``mlflow_ha.probe`` is ever deleted. A failed clean-up request is counted and logged, never failing
-the registration.
+newest PROBE_KEEP_VERSIONS runs (those of failed cycles); at most PRUNE_BATCH (10) of each per cycle, and the first
+failed request ends the pruning until the next cycle. Only what carries the probe's tag ``mlflow_ha.probe`` is
+ever deleted. A failed clean-up request is counted and logged, never failing the registration. Successes are logged
+only the first time and after failures.
 
 Metrics (text format 0.0.4) on ``GET /metrics``; ``GET /health`` answers ``ok``:
 
@@ -611,7 +612,7 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
     signals = {signal.SIGTERM, signal.SIGINT}
     # Blocked here and in the threads started below (they inherit the mask): the signals wait for sigtimedwait.
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics",
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics",
                                daemon=True)
     probing = threading.Thread(target=probe.run_forever, args=(stop,), name="probe", daemon=True)
     serving.start()
@@ -635,7 +636,7 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
     stop.set()
     server.shutdown()  # serve_forever notices within its poll interval
     server.server_close()
-    probing.join(0.5)  # a request in flight is abandoned: the thread is a daemon
+    probing.join(0.3)  # a request in flight is abandoned: the thread is a daemon
     return code
 
 
