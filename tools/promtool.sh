@@ -2,10 +2,11 @@
 # Get Prometheus's `promtool` and Alertmanager's `amtool` on the controller, for the alert-rule unit tests
 # (tests/unit/test_alert_rules.py): tools/promtool.sh  ->  last line on stdout: promtool's path.
 #
-# Both come from Debian's own packages (the versions our monitoring hosts run), but the packages are never
+# Both come from Debian 12's own packages (prometheus 2.42, prometheus-alertmanager 0.25), but the packages are never
 # installed: installing `prometheus` would create users and try to start daemons, and the controller has no
 # systemd. Instead `apt-get download` fetches the .deb files into a temporary directory, `dpkg-deb -x` unpacks
-# them there, and only usr/bin/promtool and usr/bin/amtool are kept, in $CACHE/bin (both are static Go binaries).
+# them there, and only usr/bin/promtool and usr/bin/amtool are kept, in $CACHE/bin (Go binaries that need only
+# glibc: they run on the controller, Debian 12 like the hosts).
 # `apt-get update` runs only when the download fails (stale or missing package lists).
 # Nothing is done when both binaries are already there and run.
 # lib.sh is checked on its own; `shellcheck -x` follows it from here.
@@ -19,6 +20,11 @@ amtool="$bindir/amtool"
 
 runs() { [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
 
+mkdir -p "$bindir"
+# One download at a time per cache (parallel CI jobs wait for the first one's binaries).
+exec 9>"$bindir/.promtool.lock"
+flock 9
+
 if runs "$promtool" && runs "$amtool"; then
   log "promtool: $promtool and $amtool are current, skipping download"
   echo "$promtool"
@@ -31,6 +37,8 @@ command -v dpkg-deb >/dev/null || die "promtool: dpkg-deb not found"
 t0=$(date +%s)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/promtool.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+# Readable by apt's sandbox user (_apt), or apt downloads unsandboxed and warns.
+chmod 0755 "$tmp"
 
 # apt-get download writes into the current directory, as the calling user (no root needed for this part).
 download() { (cd "$tmp" && apt-get download -q "${PACKAGES[@]}") >"$tmp/download.log" 2>&1; }
@@ -41,7 +49,6 @@ if ! download; then
   download || { cat "$tmp/download.log" >&2; die "promtool: apt-get download ${PACKAGES[*]} failed"; }
 fi
 
-mkdir -p "$bindir"
 for pkg in "${PACKAGES[@]}"; do
   debs=("$tmp/${pkg}_"*.deb)
   [ -f "${debs[0]}" ] || die "promtool: apt-get download left no ${pkg}_*.deb in $tmp"
@@ -50,7 +57,7 @@ for pkg in "${PACKAGES[@]}"; do
   log "promtool: unpacked $(basename "${debs[0]}")"
 done
 
-# Copy under a temporary name, then rename: a concurrent run never sees a half-written binary.
+# Copy under a temporary name, then rename: a test running meanwhile never sees a half-written binary.
 install_bin() {
   local src=$1 dest=$2
   [ -f "$src" ] || die "promtool: $(basename "$dest") is not in the package (looked for ${src#"$tmp"/})"
