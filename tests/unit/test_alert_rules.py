@@ -135,13 +135,13 @@ def test_every_runbook_anchor_is_a_heading_of_the_doc():
 
 
 def test_every_alert_fires_in_a_promtool_test():
-    fired = {case["alertname"] for _, case in alert_cases() if case.get("exp_alerts")}
+    fired = {case["alertname"] for _test_file, case in alert_cases() if case.get("exp_alerts")}
     missing = sorted(set(alert_names()) - fired)
     assert not missing, f"alerts no tests/promtool case expects to fire (exp_alerts): {missing}"
 
 
 def test_every_alert_stays_silent_in_a_promtool_test():
-    silent = {case["alertname"] for _, case in alert_cases() if not case.get("exp_alerts")}
+    silent = {case["alertname"] for _test_file, case in alert_cases() if not case.get("exp_alerts")}
     missing = sorted(set(alert_names()) - silent)
     assert not missing, f"alerts no tests/promtool case expects to stay silent (exp_alerts: []): {missing}"
 
