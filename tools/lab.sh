@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local lab (inventories/lab): tools/lab.sh up | converge | validate | destroy | urls
 #   up        harness prerequisites (weed binary, MLflow wheelhouse), containers, site.yml, validate.yml, URLs
-#   converge  site.yml only (prints the recap; a rerun on a converged lab reports changed=0)
+#   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
 #   validate  playbooks/validate.yml
 #   destroy   remove the lab's containers and network
 # Ansible's output goes to tests/output/lab/<step>.log as well as the terminal.
@@ -14,6 +14,7 @@ export ANSIBLE_CONFIG="$ROOT/ansible.cfg"
 export PATH="$ROOT/.venv/bin:$PATH"
 
 vip() { awk '/^mlflow_ha_vip:/ {print $2}' "$INV/group_vars/all.yml"; }
+host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == "{lab_address:") {sub(/,$/, "", $(i+1)); print $(i+1)}}' "$INV/hosts.yml"; }
 
 prerequisites() {
   MLFLOW_HA_WEED_BINARY="$(bash "$ROOT/tools/build-weed.sh" | tail -1)"
@@ -36,6 +37,10 @@ urls() {
 
   MLflow (through the VIP):   http://$v/        https://$v/  (CA: inventories/pki/lab/ca.crt)
   HAProxy stats:              http://$v:8404/stats
+  Prometheus (mon1):          http://$(host_address mon1):9090/alerts
+  Alertmanager (mon1):        http://$(host_address mon1):9093/#/alerts
+  Probe metrics (mon1):       http://$(host_address mon1):9109/metrics
+  Central logs (mon1):        docker exec mlflow-ha-lab-mon1 journalctl -D /var/log/journal/remote -u patroni
   PostgreSQL (read-write):    $v:5000           read-only: $v:5001
   S3 endpoint:                https://$v:9000
   Tear down:                  make lab-destroy
@@ -52,7 +57,7 @@ case "${1:-up}" in
     ;;
   converge)
     prerequisites
-    playbook "${2:-site}" "$ROOT/playbooks/site.yml"
+    playbook "${2:-site}" "$ROOT/playbooks/site.yml" "${@:3}"
     ;;
   validate)
     playbook validate "$ROOT/playbooks/validate.yml"

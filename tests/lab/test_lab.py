@@ -1,5 +1,8 @@
 """The whole lab end to end (inventories/lab, 12 systemd containers): `tools/lab.sh up` (containers, site.yml,
-validate.yml), a second site.yml run that must change nothing, then registrations with the official MLflow client
+validate.yml), a second site.yml run that must change nothing, the monitoring host's view of the healthy lab
+(every scrape target up, the registration probe succeeding and never failing, every dashboard panel with data, a
+log line from pg2 in mon1's central journal, an MLflow server stopped -> MLflowServerDown in Alertmanager ->
+resolved after the restart), then registrations with the official MLflow client
 through the VIP while, one at a time and recovering in between, the PostgreSQL leader, an MLflow server, a
 storage node and the active load balancer die (docker kill: machine death). Asserted: every acknowledged
 registration exists exactly once with a readable, byte-identical artifact, and the stack validates at the end.
@@ -19,7 +22,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labctl import OUTPUT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
+from dashboards import check_queries, panel_queries
+from labctl import OUTPUT, ROOT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
+from observability import Monitoring
 
 
 def recap(log: str) -> dict[str, dict[str, int]]:
@@ -52,6 +57,72 @@ def test_second_site_run_changes_nothing(lab):
     changed = {h: r for h, r in hosts.items() if r["changed"] or r["failed"] or r["unreachable"]}
     assert not changed, f"a second site.yml run changed or failed on {changed}; see {OUTPUT / 'site-rerun.log'}"
 
+
+# -- Observability on the healthy lab (before the faults) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mon(lab):
+    return Monitoring(lab)
+
+
+def test_every_scrape_target_is_up(lab, mon):
+    jobs = {t["labels"]["job"] for t in mon.targets()}
+    expected = {"node", "etcd", "patroni", "postgres", "pgbouncer", "seaweedfs_master", "seaweedfs_volume",
+                "seaweedfs_filer", "haproxy", "mlflow", "registration_probe"}
+    assert jobs >= expected, f"Prometheus lacks the jobs {sorted(expected - jobs)} (it has {sorted(jobs)})"
+    nodes = {t["labels"]["instance"] for t in mon.targets() if t["labels"]["job"] == "node"}
+    assert nodes == set(lab.hosts), f"node targets {sorted(nodes)} differ from the inventory {sorted(lab.hosts)}"
+    try:
+        wait_until(lambda: not mon.targets_down(), 180, "every scrape target up", interval=5)
+    except TimeoutError:
+        pytest.fail("scrape targets down after 180 s:\n" + "\n".join(mon.targets_down()))
+
+
+def test_probe_registers_through_the_vip(lab, mon):
+    before = mon.probe_counts()
+    wait_until(lambda: mon.probe_counts()["successes"] >= before["successes"] + 2, 120,
+               "two more successful probe registrations", interval=3)
+    after = mon.probe_counts()
+    assert after["failures"] == before["failures"], f"probe failures while the VIP is healthy: {before} -> {after}"
+    assert after["step_failures"] == before["step_failures"], f"probe step failures: {before} -> {after}"
+    # Prometheus has it too, under the probe's job.
+    assert mon.query('mlflow_probe_registration_duration_seconds_count{job="registration_probe"} > 0')
+
+
+def test_every_dashboard_panel_has_data(lab, mon):
+    queries = [q for path in sorted((ROOT / "roles" / "grafana" / "files" / "dashboards").glob("*.json"))
+               for q in panel_queries(path)]
+    assert queries, "no dashboard panel queries found"
+    problems = check_queries(mon.prometheus, queries)
+    assert not problems, "dashboard panels without data:\n" + "\n".join(problems)
+
+
+def test_a_log_line_reaches_the_monitoring_host(lab, mon):
+    tag = f"mlflow-ha-lab-test-{int(time.time())}"
+    lab.exec("pg2", "logger", "-t", tag, "central log check from pg2")
+    wait_until(lambda: "central log check from pg2" in mon.central_log(tag), 120,
+               f"the line tagged {tag} in mon1's journal-remote store", interval=2)
+    assert " pg2 " in mon.central_log(tag), f"the line is not attributed to pg2: {mon.central_log(tag)!r}"
+
+
+def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
+    victim = lab.groups["mlflow"][-1]
+    assert not mon.alertmanager_alerts("MLflowServerDown"), "MLflowServerDown is already active before the test"
+    lab.exec(victim, "systemctl", "stop", "mlflow")
+    try:
+        took = wait_until(lambda: mon.alertmanager_alerts("MLflowServerDown", victim), 400,
+                          f"MLflowServerDown for {victim} in Alertmanager", interval=5)
+        print(f"MLflowServerDown for {victim} reached Alertmanager {took:.0f} s after the stop")
+        assert not mon.firing("MLflowAllServersDown"), "the other server serves: MLflowAllServersDown must not fire"
+    finally:
+        lab.exec(victim, "systemctl", "start", "mlflow")
+    took = wait_until(lambda: not mon.alertmanager_alerts("MLflowServerDown", victim), 300,
+                      f"MLflowServerDown for {victim} resolved in Alertmanager", interval=5)
+    print(f"and resolved {took:.0f} s after the restart")
+    wait_until(lab.mlflow_whole, 120, "every MLflow server healthy again")
+
+
+# -- Faults ---------------------------------------------------------------------------------------------------
 
 def test_registrations_survive_the_loss_of_any_one_machine(lab):
     load = Load(lab, "chaos")

@@ -1,0 +1,80 @@
+"""Questions the lab tests ask the monitoring host (mon1): Prometheus's targets and alerts, Alertmanager's
+alerts, the registration probe's counters, the central journal. Standard library only."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import urllib.request
+from typing import Optional
+
+from labctl import Lab, get_json
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+class Monitoring:
+    def __init__(self, lab: Lab, host: str = "mon1"):
+        self.lab = lab
+        self.host = host
+        address = lab.hosts[host]
+        self.prometheus = f"http://{address}:9090"
+        self.alertmanager = f"http://{address}:9093"
+        self.probe = f"http://{address}:9109/metrics"
+
+    # -- Prometheus ---------------------------------------------------------------------------------------
+    def targets(self) -> list[dict]:
+        return get_json(f"{self.prometheus}/api/v1/targets?state=active", timeout=5)["data"]["activeTargets"]
+
+    def targets_down(self) -> list[str]:
+        """Every active target that is not up, as 'job/instance: last error' (empty when all are up)."""
+        return [f"{t['labels'].get('job')}/{t['labels'].get('instance')}: {t.get('health')} {t.get('lastError', '')}"
+                for t in self.targets() if t.get("health") != "up"]
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        answer = get_json(url, timeout=10)
+        if answer.get("status") != "success":
+            raise RuntimeError(f"Prometheus query {expr!r} failed: {answer}")
+        return answer["data"]["result"]
+
+    def firing(self, alertname: str) -> list[dict]:
+        alerts = get_json(f"{self.prometheus}/api/v1/alerts", timeout=5)["data"]["alerts"]
+        return [a for a in alerts if a["labels"].get("alertname") == alertname and a.get("state") == "firing"]
+
+    # -- Alertmanager -------------------------------------------------------------------------------------
+    def alertmanager_alerts(self, alertname: str, instance: Optional[str] = None) -> list[dict]:
+        """Alerts Alertmanager holds as active (received from Prometheus and not resolved)."""
+        matchers = [f'alertname="{alertname}"'] + ([f'instance="{instance}"'] if instance else [])
+        query = urllib.parse.urlencode([("filter", m) for m in matchers] + [("active", "true")])
+        with urllib.request.urlopen(f"{self.alertmanager}/api/v2/alerts?{query}", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    # -- the registration probe ---------------------------------------------------------------------------
+    def probe_samples(self) -> dict[str, float]:
+        """The probe's own /metrics as {'name{labels}': value}."""
+        with urllib.request.urlopen(self.probe, timeout=5) as resp:
+            text = resp.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            m = SAMPLE.match(line.strip())
+            if m and not line.startswith("#"):
+                samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        return samples
+
+    def probe_counts(self) -> dict[str, float]:
+        """Successful registrations, failed ones, failed steps (all steps summed)."""
+        s = self.probe_samples()
+        return {
+            "successes": s["mlflow_probe_registration_duration_seconds_count"],
+            "failures": s["mlflow_probe_registration_failures_total"],
+            "step_failures": sum(v for k, v in s.items() if k.startswith("mlflow_probe_step_failures_total")),
+        }
+
+    # -- central logs -------------------------------------------------------------------------------------
+    def central_log(self, tag: str) -> str:
+        """What the monitoring host's journal-remote store holds for a syslog identifier, with the sender's
+        hostname (journalctl -o short shows it)."""
+        return self.lab.exec(self.host, "journalctl", "--no-pager", "-o", "short", "-D", "/var/log/journal/remote",
+                             "-t", tag)
