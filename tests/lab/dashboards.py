@@ -84,7 +84,7 @@ def variable_values(dashboard: dict[str, Any]) -> dict[str, str]:
         if current not in (None, ""):
             values[name] = str(current)
         elif var.get("query") and var.get("type") in ("constant", "custom", "interval"):
-            values[name] = str(var["query"]).split(",")[0].strip()
+            values[name] = str(var["query"]).split(",", maxsplit=1)[0].strip()
     return values
 
 

@@ -1,8 +1,13 @@
-"""Fakes for unit tests: a clock that only moves when asked, and a scripted transport."""
+"""Fakes for unit tests: a clock that only moves when asked, and a scripted transport; and a loader for the
+stand-alone programs the roles install (they are files, not modules of a package)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     Response,
@@ -190,3 +195,12 @@ def until(clock: FakeClock, at: float, before: Outcome, after: Outcome) -> Calla
         return outcome() if callable(outcome) else outcome
 
     return answer
+
+
+def load_program(path: Path) -> ModuleType:
+    """Import a role's program (roles/<role>/files/<name>.py) as the module <name>."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -185,8 +185,8 @@ def test_panel_queries_finds_every_target(path):
     dashboard = load(path)
     expected = [(dashboard["title"], p["title"]) for p in panels(dashboard) for t in p["targets"] if t.get("expr")]
     queries = dashboards.panel_queries(path)
-    assert [(d, p) for d, p, _ in queries] == expected
-    for _, panel, expr in queries:
+    assert [(q[0], q[1]) for q in queries] == expected
+    for _dashboard, panel, expr in queries:
         assert "$" not in expr, f"{panel}: a variable is left in {expr!r}"
 
 
@@ -261,7 +261,7 @@ def test_queries_are_valid_promql(tmp_path):
                     pytrace=False)
     queries = all_queries()
     rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard_query_{i}", "expr": expr} for i, (_, _, expr) in enumerate(queries)]}]}
+        {"record": f"dashboard_query_{i}", "expr": expr} for i, (_dashboard, _panel, expr) in enumerate(queries)]}]}
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
     proc = subprocess.run([str(promtool), "check", "rules", str(path)], capture_output=True, text=True,

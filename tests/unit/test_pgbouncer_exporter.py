@@ -3,15 +3,14 @@ console that answers like PgBouncer 1.18 (Debian 12), and its HTTP endpoint on l
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from fakes import load_program
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import families, parse
 
@@ -19,15 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "roles" / "pgbouncer_exporter" / "files" / "pgbouncer_exporter.py"
 
 
-def load_program():
-    spec = importlib.util.spec_from_file_location("pgbouncer_exporter", PROGRAM)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-px = load_program()
+px = load_program(PROGRAM)
 
 # Rows as PgBouncer 1.18 returns them (column names taken from its SHOW output; values made up).
 CONSOLE = {
@@ -54,7 +45,9 @@ CONSOLE = {
 }
 
 
-def console(answers=CONSOLE, closed=None):
+def console(answers=None, closed=None):
+    answers = CONSOLE if answers is None else answers
+
     def factory():
         def query(sql):
             return [dict(row) for row in answers[sql]]
@@ -91,7 +84,7 @@ def test_a_column_this_pgbouncer_lacks_costs_one_metric_not_the_exporter():
     answers = dict(CONSOLE, **{"SHOW STATS": [{"database": "mlflow", "total_requests": 7}]})  # PgBouncer < 1.8
     v = values(px.scrape(console(answers)))
     assert v[("pgbouncer_up", ())] == 1
-    assert not any(name == "pgbouncer_queries_total" for name, _ in v)
+    assert not any(key[0] == "pgbouncer_queries_total" for key in v)
     assert v[("pgbouncer_active_clients", (("database", "mlflow"), ("user", "mlflow")))] == 3
 
 
@@ -105,8 +98,8 @@ def test_an_unreachable_pgbouncer_is_up_0_with_the_reason_in_the_log(capsys):
 
 def test_label_values_are_escaped():
     answers = dict(CONSOLE, **{"SHOW POOLS": [{"database": 'we"ird\\db', "user": "u", "cl_active": 1}]})
-    assert values(px.scrape(console(answers)))[("pgbouncer_active_clients", (("database", 'we"ird\\db'),
-                                                                            ("user", "u")))] == 1
+    key = ("pgbouncer_active_clients", (("database", 'we"ird\\db'), ("user", "u")))
+    assert values(px.scrape(console(answers)))[key] == 1
 
 
 def test_http_endpoint_on_loopback():
@@ -115,8 +108,7 @@ def test_http_endpoint_on_loopback():
         port = s.getsockname()[1]
     thread = threading.Thread(target=px.serve, args=(f"127.0.0.1:{port}", console()), daemon=True)
     thread.start()
-    deadline = 50
-    for _ in range(deadline):
+    for _attempt in range(50):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                 body = resp.read().decode()

@@ -5,7 +5,6 @@ and searches by name and tag. One test runs the program itself behind a real soc
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from fakes import FakeClock, refused, timed_out
+from fakes import FakeClock, load_program, refused, timed_out
 from test_mlflow import API, ARTIFACTS, FakeMlflow, mlflow_fail, mlflow_json
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import Response
@@ -35,15 +34,7 @@ PROGRAM = ROOT / "roles" / "registration_probe" / "files" / "registration_probe.
 MODULE_UTILS = ("mlflow.py", "http_client.py", "resilience.py")  # what the role copies onto the probe host
 
 
-def load_program():
-    spec = importlib.util.spec_from_file_location("registration_probe", PROGRAM)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = load_program()
+rp = load_program(PROGRAM)
 
 VIP = "https://10.0.0.100"
 SECRET = "pr0be-S3cret!"

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+# The mlops.mlflow_ha PgBouncer exporter (run by systemd as: python3 pgbouncer_exporter.py).
 """PgBouncer metrics for Prometheus, read from the local PgBouncer's admin console.
 
 Why the collection carries this program: Debian 12's prometheus-pgbouncer-exporter (1.7) reads the SHOW STATS
@@ -173,7 +173,7 @@ def psycopg2_factory(host: str, port: int, user: str, timeout: int) -> Callable[
 
 
 def serve(listen: str, factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> None:
-    host, _, port = listen.rpartition(":")
+    host, port = listen.rsplit(":", 1)
     host = host.strip("[]") or "0.0.0.0"
 
     class Handler(BaseHTTPRequestHandler):
