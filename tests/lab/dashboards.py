@@ -60,6 +60,11 @@ def dashboard_files(directory: Path = DASHBOARDS) -> list[Path]:
     return sorted(directory.glob("*.json"))
 
 
+def all_queries(directory: Path = DASHBOARDS) -> list[Query]:
+    """Every panel query of every dashboard the grafana role provisions."""
+    return [query for path in dashboard_files(directory) for query in panel_queries(path)]
+
+
 def walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Every panel, rows included, depth first: a collapsed row holds its panels in its own `panels`."""
     for panel in panels or []:
@@ -182,7 +187,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(f"usage: {argv[0]} PROMETHEUS_URL (e.g. http://172.28.79.51:9090)", file=sys.stderr)
         return 2
-    queries = [q for path in dashboard_files() for q in panel_queries(path)]
+    queries = all_queries()
     problems = check_queries(argv[1], queries)
     for problem in problems:
         print(problem)

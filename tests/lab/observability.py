@@ -1,17 +1,19 @@
 """Questions the lab tests ask the monitoring host (mon1): Prometheus's targets and alerts, Alertmanager's
-alerts, the registration probe's counters, the central journal. Standard library only."""
+alerts, the registration probe's counters, the central journal. The probe's metrics are read with the
+collection's own Prometheus parser (module_utils/prometheus.py, by its FQCN through the link tools/venv.sh makes)."""
 
 from __future__ import annotations
 
 import json
-import re
+import sys
 import urllib.parse
 import urllib.request
 from typing import Optional
 
-from labctl import Lab, get_json
+from labctl import ROOT, Lab, get_json
 
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import Sample, parse
 
 
 class Monitoring:
@@ -52,24 +54,25 @@ class Monitoring:
             return json.loads(resp.read())
 
     # -- the registration probe ---------------------------------------------------------------------------
-    def probe_samples(self) -> dict[str, float]:
-        """The probe's own /metrics as {'name{labels}': value}."""
+    def probe_samples(self) -> list[Sample]:
+        """The probe's own /metrics."""
         with urllib.request.urlopen(self.probe, timeout=5) as resp:
-            text = resp.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            m = SAMPLE.match(line.strip())
-            if m and not line.startswith("#"):
-                samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-        return samples
+            return parse(resp.read().decode())
 
     def probe_counts(self) -> dict[str, float]:
         """Successful registrations, failed ones, failed steps (all steps summed)."""
-        s = self.probe_samples()
+        samples = self.probe_samples()
+
+        def total(name: str, required: bool = True) -> float:
+            values = [s.value for s in samples if s.name == name]
+            if required and not values:
+                raise KeyError(f"the probe exposes no {name}")
+            return sum(values)
+
         return {
-            "successes": s["mlflow_probe_registration_duration_seconds_count"],
-            "failures": s["mlflow_probe_registration_failures_total"],
-            "step_failures": sum(v for k, v in s.items() if k.startswith("mlflow_probe_step_failures_total")),
+            "successes": total("mlflow_probe_registration_duration_seconds_count"),
+            "failures": total("mlflow_probe_registration_failures_total"),
+            "step_failures": total("mlflow_probe_step_failures_total", required=False),
         }
 
     # -- central logs -------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboards import check_queries, panel_queries
-from labctl import OUTPUT, ROOT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
+from dashboards import all_queries, check_queries
+from labctl import OUTPUT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
 from observability import Monitoring
 
 
@@ -66,11 +66,12 @@ def mon(lab):
 
 
 def test_every_scrape_target_is_up(lab, mon):
-    jobs = {t["labels"]["job"] for t in mon.targets()}
+    targets = mon.targets()
+    jobs = {t["labels"]["job"] for t in targets}
     expected = {"node", "etcd", "patroni", "postgres", "pgbouncer", "seaweedfs_master", "seaweedfs_volume",
                 "seaweedfs_filer", "haproxy", "mlflow", "registration_probe"}
     assert jobs >= expected, f"Prometheus lacks the jobs {sorted(expected - jobs)} (it has {sorted(jobs)})"
-    nodes = {t["labels"]["instance"] for t in mon.targets() if t["labels"]["job"] == "node"}
+    nodes = {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "node"}
     assert nodes == set(lab.hosts), f"node targets {sorted(nodes)} differ from the inventory {sorted(lab.hosts)}"
     try:
         wait_until(lambda: not mon.targets_down(), 180, "every scrape target up", interval=5)
@@ -90,8 +91,7 @@ def test_probe_registers_through_the_vip(lab, mon):
 
 
 def test_every_dashboard_panel_has_data(lab, mon):
-    queries = [q for path in sorted((ROOT / "roles" / "grafana" / "files" / "dashboards").glob("*.json"))
-               for q in panel_queries(path)]
+    queries = all_queries()
     assert queries, "no dashboard panel queries found"
     problems = check_queries(mon.prometheus, queries)
     assert not problems, "dashboard panels without data:\n" + "\n".join(problems)

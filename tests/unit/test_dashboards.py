@@ -59,10 +59,6 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield panel
 
 
-def all_queries() -> list[dashboards.Query]:
-    return [query for path in FILES for query in dashboards.panel_queries(path)]
-
-
 # --- where metric names come from ---------------------------------------------------------------------------------
 
 def rule_names() -> tuple[set[str], set[str]]:
@@ -219,7 +215,7 @@ def test_known_metric_sources_are_parsed():
 def test_every_metric_exists():
     recorded, raw, denied = known_metrics()
     unknown = []
-    for dashboard, panel, expr in all_queries():
+    for dashboard, panel, expr in dashboards.all_queries():
         for name in sorted(dashboards.metric_names(expr)):
             if name in denied:
                 unknown.append(f"{dashboard} / {panel}: {name} does not exist in the installed version")
@@ -236,7 +232,7 @@ def test_job_and_proxy_labels_exist():
                              re.MULTILINE))
     known = {"job": jobs, "proxy": proxies}
     wrong = []
-    for dashboard, panel, expr in all_queries():
+    for dashboard, panel, expr in dashboards.all_queries():
         for m in LABEL_VALUE.finditer(expr):
             label, op, value = m.group("label"), m.group("op"), m.group("value")
             values = set(value.split("|")) if op in ("=~", "!~") else {value}
@@ -259,7 +255,7 @@ def test_queries_are_valid_promql(tmp_path):
     if not (promtool.is_file() and os.access(promtool, os.X_OK)):
         pytest.fail(f"promtool not found at {promtool}: run `bash tools/promtool.sh` first, or set PROMTOOL",
                     pytrace=False)
-    queries = all_queries()
+    queries = dashboards.all_queries()
     rules = {"groups": [{"name": "dashboards", "rules": [
         {"record": f"dashboard_query_{i}", "expr": expr} for i, (_dashboard, _panel, expr) in enumerate(queries)]}]}
     path = tmp_path / "dashboards.rules.yml"
