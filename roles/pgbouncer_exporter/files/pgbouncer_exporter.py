@@ -18,41 +18,57 @@ import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-# SHOW POOLS columns -> (metric, help). Per database and user.
-POOLS = {
-    "cl_active": ("pgbouncer_active_clients", "Client connections linked to a server connection."),
-    "cl_waiting": ("pgbouncer_waiting_clients", "Client connections waiting for a server connection."),
-    "sv_active": ("pgbouncer_active_servers", "Server connections linked to a client."),
-    "sv_idle": ("pgbouncer_idle_servers", "Server connections idle and ready for a client."),
-    "sv_used": ("pgbouncer_pool_used_servers", "Server connections idle longer than server_check_delay."),
-    "maxwait": ("pgbouncer_max_wait_seconds", "Seconds the oldest waiting client has waited."),
-}
-# SHOW STATS columns -> (metric, help, scale). Per database; counters since PgBouncer started.
-STATS = {
-    "total_xact_count": ("pgbouncer_transactions_total", "Transactions pooled.", 1.0),
-    "total_query_count": ("pgbouncer_queries_total", "Queries pooled.", 1.0),
-    "total_received": ("pgbouncer_received_bytes_total", "Bytes received from clients.", 1.0),
-    "total_sent": ("pgbouncer_sent_bytes_total", "Bytes sent to clients.", 1.0),
-    "total_xact_time": ("pgbouncer_transaction_seconds_total", "Seconds spent in transactions.", 1e-6),
-    "total_query_time": ("pgbouncer_query_seconds_total", "Seconds spent in queries.", 1e-6),
-    "total_wait_time": ("pgbouncer_client_wait_seconds_total", "Seconds clients waited for a server.", 1e-6),
-}
-# SHOW DATABASES columns -> (metric, help). Per database.
-DATABASES = {
-    "pool_size": ("pgbouncer_database_pool_size", "Configured server connections per user."),
-    "reserve_pool": ("pgbouncer_database_reserve_pool", "Extra server connections when clients wait."),
-    "max_connections": ("pgbouncer_database_max_connections", "Maximum server connections (0: unlimited)."),
-    "current_connections": ("pgbouncer_database_current_connections", "Server connections open now."),
-}
-# SHOW LISTS rows (list name -> metric). Whole process.
+
+class Metric(NamedTuple):
+    name: str
+    help: str
+    scale: float = 1.0  # PgBouncer counts time in microseconds; Prometheus wants seconds
+
+
+class View(NamedTuple):
+    """One SHOW command: its label columns (label, column) and its value columns (column -> metric)."""
+    command: str
+    kind: str
+    labels: Tuple[Tuple[str, str], ...]
+    metrics: Dict[str, Metric]
+
+
+VIEWS = (
+    View("SHOW POOLS", "gauge", (("database", "database"), ("user", "user")), {
+        "cl_active": Metric("pgbouncer_active_clients", "Client connections linked to a server connection."),
+        "cl_waiting": Metric("pgbouncer_waiting_clients", "Client connections waiting for a server connection."),
+        "sv_active": Metric("pgbouncer_active_servers", "Server connections linked to a client."),
+        "sv_idle": Metric("pgbouncer_idle_servers", "Server connections idle and ready for a client."),
+        "sv_used": Metric("pgbouncer_pool_used_servers", "Server connections idle longer than server_check_delay."),
+        "maxwait": Metric("pgbouncer_max_wait_seconds", "Seconds the oldest waiting client has waited."),
+    }),
+    # Counters since PgBouncer started.
+    View("SHOW STATS", "counter", (("database", "database"),), {
+        "total_xact_count": Metric("pgbouncer_transactions_total", "Transactions pooled."),
+        "total_query_count": Metric("pgbouncer_queries_total", "Queries pooled."),
+        "total_received": Metric("pgbouncer_received_bytes_total", "Bytes received from clients."),
+        "total_sent": Metric("pgbouncer_sent_bytes_total", "Bytes sent to clients."),
+        "total_xact_time": Metric("pgbouncer_transaction_seconds_total", "Seconds spent in transactions.", 1e-6),
+        "total_query_time": Metric("pgbouncer_query_seconds_total", "Seconds spent in queries.", 1e-6),
+        "total_wait_time": Metric("pgbouncer_client_wait_seconds_total", "Seconds clients waited for a server.",
+                                  1e-6),
+    }),
+    View("SHOW DATABASES", "gauge", (("database", "name"),), {
+        "pool_size": Metric("pgbouncer_database_pool_size", "Configured server connections per user."),
+        "reserve_pool": Metric("pgbouncer_database_reserve_pool", "Extra server connections when clients wait."),
+        "max_connections": Metric("pgbouncer_database_max_connections", "Maximum server connections (0: unlimited)."),
+        "current_connections": Metric("pgbouncer_database_current_connections", "Server connections open now."),
+    }),
+)
+# SHOW LISTS has one row per list (list, items): list name -> metric. Whole process.
 LISTS = {
-    "used_clients": ("pgbouncer_used_clients", "Client connections in use."),
-    "free_clients": ("pgbouncer_free_clients", "Client connection slots free."),
-    "used_servers": ("pgbouncer_used_servers", "Server connections in use (all pools)."),
-    "free_servers": ("pgbouncer_free_servers", "Server connection slots free."),
-    "login_clients": ("pgbouncer_login_clients", "Clients logging in."),
+    "used_clients": Metric("pgbouncer_used_clients", "Client connections in use."),
+    "free_clients": Metric("pgbouncer_free_clients", "Client connection slots free."),
+    "used_servers": Metric("pgbouncer_used_servers", "Server connections in use (all pools)."),
+    "free_servers": Metric("pgbouncer_free_servers", "Server connection slots free."),
+    "login_clients": Metric("pgbouncer_login_clients", "Clients logging in."),
 }
 
 Rows = List[Dict[str, Any]]
@@ -80,52 +96,35 @@ class Families:
     """Prometheus text exposition, one HELP/TYPE block per metric family."""
 
     def __init__(self) -> None:
-        self._order: List[str] = []
-        self._meta: Dict[str, Tuple[str, str]] = {}
-        self._samples: Dict[str, List[str]] = {}
+        self._families: Dict[str, Tuple[str, str, List[str]]] = {}  # name -> (kind, help, samples), in order
 
     def add(self, name: str, kind: str, text: str, labels: Sequence[Tuple[str, Any]], value: float) -> None:
-        if name not in self._meta:
-            self._order.append(name)
-            self._meta[name] = (kind, text)
-            self._samples[name] = []
-        self._samples[name].append("%s%s %s" % (name, _labels(labels), repr(float(value))))
+        samples = self._families.setdefault(name, (kind, text, []))[2]
+        samples.append("%s%s %s" % (name, _labels(labels), repr(float(value))))
 
     def render(self) -> str:
         lines: List[str] = []
-        for name in self._order:
-            kind, text = self._meta[name]
-            lines += ["# HELP %s %s" % (name, text), "# TYPE %s %s" % (name, kind)] + self._samples[name]
+        for name, (kind, text, samples) in self._families.items():
+            lines += ["# HELP %s %s" % (name, text), "# TYPE %s %s" % (name, kind), *samples]
         return "\n".join(lines) + "\n"
-
-
-def _columns(out: Families, rows: Rows, spec: Dict[str, tuple], keys: Iterable[str], kind: str) -> None:
-    keys = list(keys)
-    for row in rows:
-        labels = [(k, row.get(k, "")) for k in keys]
-        for column, meta in spec.items():
-            value = _number(row.get(column))
-            if value is None:
-                continue
-            scale = meta[2] if len(meta) > 2 else 1.0
-            out.add(meta[0], kind, meta[1], labels, value * scale)
 
 
 def collect(query: Query, out: Families) -> None:
     """Read the admin console through `query` (SHOW ... -> rows as dicts) into `out`."""
     # PgBouncer lists a pool once a client used it (the admin console's pseudo-database "pgbouncer" always:
     # its rows are kept, so the families exist on an idle node too; filter database!="pgbouncer" for traffic).
-    _columns(out, query("SHOW POOLS"), POOLS, ("database", "user"), "gauge")
-    _columns(out, query("SHOW STATS"), STATS, ("database",), "counter")
-    databases = query("SHOW DATABASES")
-    for row in databases:
-        row["database"] = row.get("name")
-    _columns(out, databases, DATABASES, ("database",), "gauge")
+    for view in VIEWS:
+        for row in query(view.command):
+            labels = [(label, row.get(column, "")) for label, column in view.labels]
+            for column, metric in view.metrics.items():
+                value = _number(row.get(column))
+                if value is not None:
+                    out.add(metric.name, view.kind, metric.help, labels, value * metric.scale)
     for row in query("SHOW LISTS"):
-        meta = LISTS.get(str(row.get("list")))
+        metric = LISTS.get(str(row.get("list")))
         value = _number(row.get("items"))
-        if meta and value is not None:
-            out.add(meta[0], "gauge", meta[1], [], value)
+        if metric and value is not None:
+            out.add(metric.name, "gauge", metric.help, [], value)
 
 
 def scrape(query_factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> str:
