@@ -61,12 +61,15 @@ unit: venv promtool
 weed:
 	@bash tools/build-weed.sh >/dev/null
 
-# MLflow's offline wheelhouse (the mlflow role installs from it) and the official client on the controller.
+# Offline wheelhouses the roles install from: Patroni (patroni role) and MLflow (mlflow role, and the official
+# client on the controller).
 wheelhouse:
+	@bash tools/wheelhouse.sh patroni roles/patroni/files/requirements.txt >/dev/null
 	@bash tools/mlflow-venv.sh >/dev/null
 
-molecule: bootstrap weed
+molecule: bootstrap weed wheelhouse
 	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
+	  MLFLOW_HA_PATRONI_WHEELHOUSE="$${MLFLOW_HA_CACHE:-$(ROOT)/.cache}/wheelhouse/patroni.tar" \
 	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 # The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).

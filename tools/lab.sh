@@ -19,6 +19,7 @@ host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == 
 prerequisites() {
   MLFLOW_HA_WEED_BINARY="$(bash "$ROOT/tools/build-weed.sh" | tail -1)"
   export MLFLOW_HA_WEED_BINARY
+  bash "$ROOT/tools/wheelhouse.sh" patroni "$ROOT/roles/patroni/files/requirements.txt"
   bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
 }
 

@@ -27,6 +27,7 @@ class Lab:
     hosts: dict[str, str]                      # inventory name -> lab address
     groups: dict[str, list[str]]
     vip: str
+    network: str = "mlflow-ha-lab"
     container_prefix: str = "mlflow-ha-lab-"
     log: list[str] = field(default_factory=list)
 
@@ -41,7 +42,7 @@ class Lab:
                 if hv and "lab_address" in hv:
                     hosts[host] = hv["lab_address"]
         site = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())
-        return cls(hosts=hosts, groups=groups, vip=site["mlflow_ha_vip"])
+        return cls(hosts=hosts, groups=groups, vip=site["mlflow_ha_vip"], network=site["lab_network"]["name"])
 
     # -- containers -------------------------------------------------------------------------------------
     def container(self, host: str) -> str:
@@ -56,6 +57,22 @@ class Lab:
 
     def start(self, host: str) -> None:
         self.docker("start", self.container(host))
+
+    def freeze(self, host: str) -> None:
+        """A stalled machine (hypervisor pause, I/O hang): every process stops, sockets stay open; on resume its
+        timers have jumped."""
+        self.docker("pause", self.container(host))
+
+    def thaw(self, host: str) -> None:
+        self.docker("unpause", self.container(host))
+
+    def cut(self, host: str) -> None:
+        """A cut link: the machine runs on but reaches nobody and nobody reaches it."""
+        self.docker("network", "disconnect", self.network, self.container(host))
+
+    def mend(self, host: str) -> None:
+        """Reconnect a cut machine with the address it had."""
+        self.docker("network", "connect", "--ip", self.hosts[host], self.network, self.container(host))
 
     def exec(self, host: str, *cmd: str) -> str:
         return self.docker("exec", self.container(host), *cmd, check=False).stdout
@@ -82,11 +99,56 @@ class Lab:
         cluster = self.patroni_cluster() or {}
         members = cluster.get("members", [])
         leaders = [m for m in members if m.get("role") == "leader"]
-        # Patroni 3.0 reports a streaming replica as "running" (3.1+: "streaming"); a lag of "unknown" means
-        # it does not replicate.
+        # Patroni >= 3.0.4 reports a streaming replica as "streaming" ("running": up, but not replicating).
         replicas = [m for m in members if m.get("role") in ("replica", "sync_standby")
-                    and m.get("state") in ("streaming", "running") and isinstance(m.get("lag"), int)]
+                    and m.get("state") == "streaming" and isinstance(m.get("lag"), int)]
         return len(leaders) == 1 and len(replicas) == len(self.groups["postgres"]) - 1
+
+    def patroni_timeline(self) -> Optional[int]:
+        cluster = self.patroni_cluster() or {}
+        timelines = [m["timeline"] for m in cluster.get("members", [])
+                     if m.get("role") == "leader" and isinstance(m.get("timeline"), int)]
+        return timelines[0] if timelines else None
+
+    # etcd's own leader, asked of the members with etcdctl inside their containers (client TLS of the etcd role).
+    ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt "
+               "--key=/etc/etcd/tls/etcd.key --command-timeout=5s")
+
+    def etcdctl(self, host: str, args: str, only: Optional[str] = None) -> subprocess.CompletedProcess:
+        """etcdctl in host's container, against every member (or only the member `only`)."""
+        endpoints = ",".join(f"https://{self.hosts[h]}:2379" for h in ([only] if only else self.groups["etcd"]))
+        return self.docker("exec", self.container(host), "sh", "-c",
+                           f"{self.ETCDCTL} --endpoints={endpoints} {args}", check=False)
+
+    def etcd_members(self) -> dict[str, dict]:
+        """member name -> {'id', 'leader_id'} as each reachable member reports it."""
+        for host in self.groups["etcd"]:
+            out = self.etcdctl(host, "endpoint status -w json").stdout
+            try:
+                status = json.loads(out) if out.strip() else []
+            except ValueError:
+                continue
+            members = json.loads(self.etcdctl(host, "member list -w json").stdout or "{}").get("members", [])
+            names = {m["ID"]: m["name"] for m in members}
+            return {names.get(e["Status"]["header"]["member_id"], "?"): {
+                "id": e["Status"]["header"]["member_id"], "leader_id": e["Status"]["leader"]} for e in status}
+        return {}
+
+    def etcd_leader(self) -> Optional[str]:
+        members = self.etcd_members()
+        leaders = {m["leader_id"] for m in members.values()}
+        return next((name for name, m in members.items() if m["id"] in leaders), None)
+
+    def move_etcd_leader(self, to: str) -> None:
+        """Make `to` the etcd leader (etcdctl move-leader, sent to the current leader)."""
+        leader = self.etcd_leader()
+        if leader == to:
+            return
+        target = self.etcd_members()[to]["id"]
+        out = self.etcdctl(leader or to, f"move-leader {target:x}", only=leader or to)
+        if out.returncode != 0:
+            raise RuntimeError(f"etcdctl move-leader to {to} failed: {out.stdout}{out.stderr}")
+        wait_until(lambda: self.etcd_leader() == to, 30, f"{to} leading etcd")
 
     def vip_holders(self) -> list[str]:
         return [h for h in self.groups["lb"] if f" {self.vip}/" in self.exec(h, "ip", "-o", "-4", "addr", "show")]
@@ -216,51 +278,101 @@ class Load:
         return json.loads(self.verify_out.read_text())
 
 
-def faults(lab: Lab) -> list[tuple[str, Callable[[], Optional[str]], Callable[[], bool]]]:
-    """(what, pick the victim at that moment, is the tier whole again)."""
-    return [
-        ("postgres leader", lab.patroni_leader, lab.postgres_whole),
-        ("mlflow server", lambda: lab.groups["mlflow"][0], lab.mlflow_whole),
-        # The first storage node serves the S3 frontend (the others are HAProxy backups) and is a master.
-        ("storage node", lambda: lab.groups["storage"][0], lab.storage_whole),
-        ("active load balancer", lambda: (lab.vip_holders() or [None])[0], lab.lb_whole),
+@dataclass
+class Fault:
+    """One fault of the chaos run: what is hit, how, and how to tell its tier is whole again.
+
+    kind: kill (docker kill: machine death; started again once registrations succeed again and after
+    `hold` seconds more), freeze (docker pause for `hold` seconds: a stalled machine) or cut (network disconnect
+    for `hold` seconds, then reconnect with the same address). `prepare` runs on the victim before the fault
+    (e.g. make it the etcd leader too)."""
+
+    what: str
+    kind: str
+    pick: Callable[[], Optional[str]]
+    whole: Callable[[], bool]
+    hold: float = 20
+    prepare: Optional[Callable[[str], None]] = None
+    postgres: bool = False
+
+
+def faults(lab: Lab, gray: bool = True) -> list[Fault]:
+    """The machine deaths, then the gray faults (stalls and cut links) the same tiers meet in production."""
+    first_storage = lambda: lab.groups["storage"][0]  # noqa: E731 - serves the S3 frontend, others are backups
+    vip_holder = lambda: (lab.vip_holders() or [None])[0]  # noqa: E731
+    kills = [
+        Fault("postgres leader", "kill", lab.patroni_leader, lab.postgres_whole, postgres=True),
+        Fault("mlflow server", "kill", lambda: lab.groups["mlflow"][0], lab.mlflow_whole),
+        Fault("storage node", "kill", first_storage, lab.storage_whole),
+        Fault("active load balancer", "kill", vip_holder, lab.lb_whole),
     ]
+    grays = [
+        # The case Debian's Patroni 3.0.2 lost acknowledged writes in: the frozen node held both leaderships.
+        Fault("postgres leader that also leads etcd", "freeze", lab.patroni_leader, lab.postgres_whole, hold=40,
+              prepare=lab.move_etcd_leader, postgres=True),
+        Fault("postgres leader", "cut", lab.patroni_leader, lab.postgres_whole, hold=40, postgres=True),
+        Fault("storage node serving S3", "freeze", first_storage, lab.storage_whole, hold=35),
+        Fault("mlflow server", "freeze", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30),
+        Fault("active load balancer", "freeze", vip_holder, lab.lb_whole, hold=35),
+    ]
+    return kills + (grays if gray else [])
 
 
-def run_faults(lab: Lab, load: Load, degraded_seconds: float = 20, timeout: float = 300) -> list[dict]:
-    """Kill each kind of machine in turn (docker kill: machine death) while the load runs; after registrations
-    succeed again, keep it down for degraded_seconds, start it, wait for its tier to be whole. Returns what the
-    clients saw for each fault."""
+def longest_gap(acks: list[dict], start: float, end: float) -> float:
+    """The longest time within [start, end] in which no registration completed."""
+    times = [start, *sorted(e["t"] for e in acks if start <= e["t"] <= end), end]
+    return round(max(b - a for a, b in zip(times, times[1:])), 1)
+
+
+def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True) -> list[dict]:
+    """Inject each fault in turn while the load runs, wait until its tier is whole again, and report what the
+    clients saw: seconds until a registration started after the fault succeeded, the longest time without any
+    registration completing, failed calls, and for PostgreSQL the leader changes (timeline steps)."""
     report = []
-    for what, pick, whole in faults(lab):
-        victim = pick()
+    for fault in faults(lab, gray):
+        victim = fault.pick()
         if not victim:
-            raise RuntimeError(f"could not find the {what} to kill")
+            raise RuntimeError(f"could not find the {fault.what} to hit")
+        if fault.prepare:
+            fault.prepare(victim)
+        timeline = lab.patroni_timeline() if fault.postgres else None
         t_fault = time.time()
-        lab.kill(victim)
-        waited = wait_until(lambda t=t_fault: load.acks_since(t), timeout,
-                            f"a registration started after killing the {what} ({victim}) to succeed")
+        {"kill": lab.kill, "freeze": lab.freeze, "cut": lab.cut}[fault.kind](victim)
+        if fault.kind == "kill":
+            wait_until(lambda t=t_fault: load.acks_since(t), timeout,
+                       f"a registration started after killing the {fault.what} ({victim}) to succeed")
+        time.sleep(fault.hold)
+        t_heal = time.time()
+        {"kill": lab.start, "freeze": lab.thaw, "cut": lab.mend}[fault.kind](victim)
+        wait_until(lambda t=t_fault: load.acks_since(t), timeout,
+                   f"a registration started after the {fault.kind} of the {fault.what} ({victim}) to succeed")
+        rejoin = wait_until(fault.whole, timeout, f"the {fault.what} tier whole again after {victim} came back",
+                            interval=2)
+        time.sleep(5)
+        t_end = time.time()
+        events = load.events_list()
         first = min(load.acks_since(t_fault), key=lambda e: e["t"])
-        time.sleep(degraded_seconds)
-        t_restart = time.time()
-        lab.start(victim)
-        rejoin = wait_until(whole, timeout, f"the {what} tier whole again after {victim} restarted", interval=2)
-        window = [e for e in load.events_list() if t_fault <= e["t"] <= t_restart]
+        window = [e for e in events if t_fault <= e["t"] <= t_end]
         failed = [e for e in window if e["event"] == "fail"]
-        report.append({
-            "fault": what,
+        entry = {
+            "fault": fault.what,
+            "kind": fault.kind,
             "victim": victim,
-            "killed_at": round(t_fault, 3),
-            "restarted_at": round(t_restart, 3),
+            "hit_at": round(t_fault, 3),
+            "healed_at": round(t_heal, 3),
             "recovery_seconds": round(first["t"] - t_fault, 1),
-            "seconds_polled_until_recovery": round(waited, 1),
-            "failed_calls_while_down": len(failed),
+            "longest_gap_seconds": longest_gap([e for e in events if e["event"] == "ack"], t_fault, t_end),
+            "failed_calls": len(failed),
             "failed_calls_by_step": {s: sum(1 for e in failed if e["step"] == s)
                                      for s in sorted({e["step"] for e in failed})},
-            "registrations_acknowledged_while_down": sum(1 for e in window if e["event"] == "ack"),
-            "rejoin_seconds_after_restart": round(rejoin, 1),
-        })
-        time.sleep(5)
+            "registrations_acknowledged": sum(1 for e in window if e["event"] == "ack"),
+            "rejoin_seconds_after_heal": round(rejoin, 1),
+        }
+        if fault.postgres:
+            after = lab.patroni_timeline()
+            entry["leader_changes"] = (after - timeline) if (after is not None and timeline is not None) else None
+            entry["leader_after"] = lab.patroni_leader()
+        report.append(entry)
     return report
 
 

@@ -4,7 +4,10 @@ validate.yml), a second site.yml run that must change nothing, the monitoring ho
 log line from pg2 in mon1's central journal, an MLflow server stopped -> MLflowServerDown in Alertmanager ->
 resolved after the restart), then registrations with the official MLflow client
 through the VIP while, one at a time and recovering in between, the PostgreSQL leader, an MLflow server, a
-storage node and the active load balancer die (docker kill: machine death). Asserted: every acknowledged
+storage node and the active load balancer die (docker kill: machine death), and then the gray faults: the
+PostgreSQL leader that also leads etcd freezes (docker pause), the PostgreSQL leader is cut off (network
+disconnect, reconnect with its address), the storage node serving S3, an MLflow server and the VIP holder
+freeze. Asserted: every acknowledged
 registration exists exactly once with a readable, byte-identical artifact, and the stack validates at the end.
 Failed client calls and recovery seconds are reported (tests/output/lab/chaos.json), never asserted: timings
 belong to benchmarks (make bench). MLFLOW_HA_KEEP_LAB=1 keeps the lab afterwards; MLFLOW_HA_REUSE_LAB=1 tests a

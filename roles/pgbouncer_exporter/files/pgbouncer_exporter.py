@@ -7,8 +7,8 @@ column `total_requests`, which PgBouncer renamed in 1.8; against Debian 12's PgB
 whatever columns the running PgBouncer has, so a renamed column costs a metric, never the exporter.
 
 Environment: PGBOUNCER_HOST (127.0.0.1), PGBOUNCER_PORT (6432), PGBOUNCER_USER, PGPASSWORD (libpq reads it),
-EXPORTER_LISTEN (0.0.0.0:9127), EXPORTER_CONNECT_TIMEOUT (3 seconds). Uses psycopg2 (python3-psycopg2, which
-Debian's patroni package already depends on). One short connection per scrape: nothing stale between scrapes.
+EXPORTER_LISTEN (0.0.0.0:9127), EXPORTER_CONNECT_TIMEOUT (3 seconds). Uses psycopg2 (python3-psycopg2, which the
+patroni role installs as well). One short connection per scrape: nothing stale between scrapes.
 """
 
 from __future__ import annotations
