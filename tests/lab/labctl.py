@@ -298,8 +298,12 @@ class Fault:
 
 def faults(lab: Lab, gray: bool = True) -> list[Fault]:
     """The machine deaths, then the gray faults (stalls and cut links) the same tiers meet in production."""
-    first_storage = lambda: lab.groups["storage"][0]  # noqa: E731 - serves the S3 frontend, others are backups
-    vip_holder = lambda: (lab.vip_holders() or [None])[0]  # noqa: E731
+    def first_storage() -> str:  # serves the S3 frontend, the others are HAProxy backups
+        return lab.groups["storage"][0]
+
+    def vip_holder() -> Optional[str]:
+        return (lab.vip_holders() or [None])[0]
+
     kills = [
         Fault("postgres leader", "kill", lab.patroni_leader, lab.postgres_whole, postgres=True),
         Fault("mlflow server", "kill", lambda: lab.groups["mlflow"][0], lab.mlflow_whole),
