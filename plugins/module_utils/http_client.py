@@ -187,6 +187,7 @@ class HttpClient:
         clock: Optional[Clock] = None,
         rng: Optional[random.Random] = None,
         headers: Optional[Mapping[str, str]] = None,
+        deadline_header: Optional[str] = None,
     ):
         if not endpoints:
             raise ValueError("%s: no endpoints given" % component)
@@ -198,6 +199,10 @@ class HttpClient:
         self.clock = clock or Clock()
         self.rng = rng or random.Random()
         self.headers = dict(headers or {})
+        # Each attempt says when this client stops waiting for it (epoch milliseconds): a load balancer that
+        # honours it (the collection's HAProxy does) answers 504 instead of executing a request that was held up
+        # (a frozen load balancer resuming) after the client gave up, retried, and maybe succeeded elsewhere.
+        self.deadline_header = deadline_header
         self.breakers = {e: CircuitBreaker(failure_threshold, reset_timeout, self.clock) for e in self.endpoints}
         self._preferred = 0
 
@@ -261,6 +266,8 @@ class HttpClient:
             tried_this_round.add(endpoint)
             breaker = self.breakers[endpoint]
             t0 = self.clock.now()
+            if self.deadline_header:
+                all_headers[self.deadline_header] = str(int((self.clock.wall() + timeout) * 1000))
             try:
                 response = self.transport.send(method, endpoint + path, body, all_headers, timeout)
             except TransportError as err:

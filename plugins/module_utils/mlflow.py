@@ -78,6 +78,9 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import 
 )
 
 COMPONENT = "MLflow tracking server"
+# Sent with every request: when the client stops waiting (epoch ms). The collection's HAProxy answers 504 to a
+# request past it instead of letting a held-up create run after the client retried (a duplicate version).
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
 API = "/api/2.0/mlflow"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 HEALTH = "/health"
@@ -297,7 +300,8 @@ class MlflowClient:
         self.headers.update(basic_auth(username, password))
         self.headers.update(headers or {})
         self.http = HttpClient(endpoints, COMPONENT, policy=self.policy, request_timeout=request_timeout,
-                               transport=self.transport, clock=self.clock, rng=self.rng, headers=self.headers)
+                               transport=self.transport, clock=self.clock, rng=self.rng, headers=self.headers,
+                               deadline_header=DEADLINE_HEADER)
         self.end: Optional[float] = None
 
     @property

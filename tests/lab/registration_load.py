@@ -36,12 +36,34 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+from mlflow.tracking.request_header.registry import _request_header_provider_registry
 
 KEY_TAG = "idempotency_key"
 EXPERIMENT = "mlflow-ha-load"
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 3.0
 REGISTRATION_DEADLINE = 120.0
+
+
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
+
+
+class DeadlineHeaderProvider(RequestHeaderProvider):
+    """Every request says when this client stops waiting for it (now + MLFLOW_HTTP_REQUEST_TIMEOUT, epoch ms):
+    the collection's HAProxy answers 504 to a request that reaches it later (held in a frozen load balancer)
+    instead of running a create the client has already retried. Users register the same through MLflow's
+    `mlflow.request_header_provider` entry point (docs/mlflow-ha.md)."""
+
+    def in_context(self) -> bool:
+        return True
+
+    def request_headers(self) -> dict:
+        timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
+        return {DEADLINE_HEADER: str(int((time.time() + timeout) * 1000))}
+
+
+_request_header_provider_registry.register(DeadlineHeaderProvider)
 
 
 class Events:

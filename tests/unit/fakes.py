@@ -26,6 +26,9 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    def wall(self) -> float:
+        return 1.8e9 + self.t
+
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.t += max(0.0, seconds)
@@ -42,9 +45,11 @@ class FakeTransport(Transport):
         self.script = {k.rstrip("/"): list(v) for k, v in script.items()}
         self.latency = latency
         self.calls: list[tuple[str, str, float]] = []
+        self.headers: list[dict[str, str]] = []
 
     def send(self, method, url, body, headers, timeout):
         self.calls.append((method, url, timeout))
+        self.headers.append(dict(headers))
         self.clock.t += self.latency
         base = next(b for b in self.script if url.startswith(b))
         queue = self.script[base]

@@ -235,3 +235,19 @@ def test_parse_retry_after(value, expected):
 def test_endpoint_list_accepts_string_or_list():
     assert endpoint_list("http://a:1/, http://b:2") == ("http://a:1", "http://b:2")
     assert endpoint_list(["http://a:1", "", "http://b:2/"]) == ("http://a:1", "http://b:2")
+
+
+def test_each_attempt_carries_the_deadline_of_its_own_timeout(clock, rng):
+    c, t = client(clock, rng, {A: [ok(status=503), ok()]}, deadline_header="X-Request-Deadline-Ms",
+                  request_timeout=5.0)
+    assert c.request("GET", "/x").status == 200
+    first, second = (int(h["X-Request-Deadline-Ms"]) for h in t.headers)
+    # The header is wall time (ms) when this attempt's timeout ends; the retry's is later than the first's.
+    assert first == int((1.8e9 + 1000.0 + 5.0) * 1000)
+    assert second > first
+
+
+def test_no_deadline_header_unless_asked(clock, rng):
+    c, t = client(clock, rng, {A: [ok()]})
+    c.request("GET", "/x")
+    assert not any(k.lower().startswith("x-request-deadline") for k in t.headers[0])
