@@ -150,6 +150,17 @@ class Lab:
             raise RuntimeError(f"etcdctl move-leader to {to} failed: {out.stdout}{out.stderr}")
         wait_until(lambda: self.etcd_leader() == to, 30, f"{to} leading etcd")
 
+    def storage_master_leader(self) -> Optional[str]:
+        """The storage host whose SeaweedFS master leads the raft (as the first master that answers says)."""
+        by_address = {a: h for h, a in self.hosts.items()}
+        for host in self.groups["storage"][:3]:
+            try:
+                leader = get_json(f"http://{self.hosts[host]}:9333/cluster/status", timeout=2).get("Leader", "")
+            except (OSError, ValueError):
+                continue
+            return by_address.get(leader.split(":")[0])
+        return None
+
     def vip_holders(self) -> list[str]:
         return [h for h in self.groups["lb"] if f" {self.vip}/" in self.exec(h, "ip", "-o", "-4", "addr", "show")]
 
@@ -294,6 +305,7 @@ class Fault:
     hold: float = 20
     prepare: Optional[Callable[[str], None]] = None
     postgres: bool = False
+    storage: bool = False
 
 
 def faults(lab: Lab, gray: bool = True) -> list[Fault]:
@@ -307,7 +319,7 @@ def faults(lab: Lab, gray: bool = True) -> list[Fault]:
     kills = [
         Fault("postgres leader", "kill", lab.patroni_leader, lab.postgres_whole, postgres=True),
         Fault("mlflow server", "kill", lambda: lab.groups["mlflow"][0], lab.mlflow_whole),
-        Fault("storage node", "kill", first_storage, lab.storage_whole),
+        Fault("storage node", "kill", first_storage, lab.storage_whole, storage=True),
         Fault("active load balancer", "kill", vip_holder, lab.lb_whole),
     ]
     grays = [
@@ -315,7 +327,7 @@ def faults(lab: Lab, gray: bool = True) -> list[Fault]:
         Fault("postgres leader that also leads etcd", "freeze", lab.patroni_leader, lab.postgres_whole, hold=40,
               prepare=lab.move_etcd_leader, postgres=True),
         Fault("postgres leader", "cut", lab.patroni_leader, lab.postgres_whole, hold=40, postgres=True),
-        Fault("storage node serving S3", "freeze", first_storage, lab.storage_whole, hold=35),
+        Fault("storage node serving S3", "freeze", first_storage, lab.storage_whole, hold=35, storage=True),
         Fault("mlflow server", "freeze", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30),
         Fault("active load balancer", "freeze", vip_holder, lab.lb_whole, hold=35),
     ]
@@ -340,6 +352,8 @@ def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True) ->
         if fault.prepare:
             fault.prepare(victim)
         timeline = lab.patroni_timeline() if fault.postgres else None
+        # A storage node that leads SeaweedFS's masters costs a raft election and the new leader's warm-up more.
+        led_masters = (lab.storage_master_leader() == victim) if fault.storage else None
         t_fault = time.time()
         {"kill": lab.kill, "freeze": lab.freeze, "cut": lab.cut}[fault.kind](victim)
         if fault.kind == "kill":
@@ -372,6 +386,8 @@ def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True) ->
             "registrations_acknowledged": sum(1 for e in window if e["event"] == "ack"),
             "rejoin_seconds_after_heal": round(rejoin, 1),
         }
+        if fault.storage:
+            entry["victim_led_storage_masters"] = led_masters
         if fault.postgres:
             after = lab.patroni_timeline()
             entry["leader_changes"] = (after - timeline) if (after is not None and timeline is not None) else None
