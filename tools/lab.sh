@@ -28,8 +28,11 @@ playbook() {  # playbook NAME FILE [args...]: run and keep a log
   local t0; t0=$(date +%s)
   log "lab: $name ($file)"
   set -o pipefail
-  ansible-playbook -i "$INV" "$file" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=0
+  ansible-playbook -i "$INV" "$file" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
   log "lab: $name done in $(since "$t0") s"
+  bash "$ROOT/tools/phase.sh" add "  lab: $name" "$(since "$t0")" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")"
+  return "$rc"
 }
 
 urls() {

@@ -9,6 +9,7 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from typing import Callable, Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from phases import record  # noqa: E402
+
 INVENTORY = ROOT / "inventories" / "lab"
 OUTPUT = ROOT / "tests" / "output" / "lab"
 
@@ -393,6 +397,7 @@ def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True) ->
             entry["leader_changes"] = (after - timeline) if (after is not None and timeline is not None) else None
             entry["leader_after"] = lab.patroni_leader()
         report.append(entry)
+        record(f"chaos: {fault.kind} {fault.what}", t_end - t_fault)
     return report
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from phases import record  # noqa: E402
+
 OUTPUT = ROOT / "tests" / "output" / "molecule"
 TAIL_LINES = 80
 
@@ -51,6 +55,7 @@ def test_scenario(scenario: Path):
                               env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     seconds = round(time.monotonic() - start, 1)
 
+    record(f"molecule {scenario.relative_to(ROOT)}", seconds, proc.returncode == 0)
     durations_file = OUTPUT / "durations.json"
     durations = json.loads(durations_file.read_text()) if durations_file.exists() else {}
     durations[str(scenario.relative_to(ROOT))] = {"seconds": seconds, "passed": proc.returncode == 0}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Phase timings of a harness or test run, for the table CI's log ends with.
+#   tools/phase.sh reset                 start a new record (tests/output/phases.tsv)
+#   tools/phase.sh run NAME CMD [ARGS]   run CMD, record NAME and its seconds (and whether it failed), keep its exit
+#   tools/phase.sh add NAME SECONDS      record a phase measured elsewhere (the tests add theirs: tests/phases.py)
+#   tools/phase.sh report                print the table, in the order the phases ran, with the total
+source "$(dirname "$0")/lib.sh"
+
+FILE="${MLFLOW_HA_PHASES:-$ROOT/tests/output/phases.tsv}"
+mkdir -p "$(dirname "$FILE")"
+
+case "${1:-report}" in
+  reset)
+    : >"$FILE"
+    ;;
+  run)
+    name=${2:?usage: phase.sh run NAME CMD [ARGS]}
+    shift 2
+    t0=$(date +%s)
+    rc=0
+    "$@" || rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$(since "$t0")" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")" >>"$FILE"
+    exit "$rc"
+    ;;
+  add)
+    printf '%s\t%s\t%s\n' "${2:?name}" "${3:?seconds}" "${4:-ok}" >>"$FILE"
+    ;;
+  report)
+    [ -s "$FILE" ] || { echo "no phase timings recorded ($FILE)"; exit 0; }
+    awk -F '\t' '
+      BEGIN { printf "\n%-52s %8s  %s\n", "phase", "seconds", "result"; print "-----------------------------------------------------------------------" }
+      { printf "%-52s %8d  %s\n", $1, $2, $3 }
+      $1 !~ /^  / { total += $2 }
+      END { print "-----------------------------------------------------------------------"; printf "%-52s %8d\n", "total (top-level phases)", total }
+    ' "$FILE"
+    ;;
+  *)
+    die "usage: tools/phase.sh reset | run NAME CMD [ARGS] | add NAME SECONDS [RESULT] | report"
+    ;;
+esac
