@@ -23,3 +23,10 @@ mkdir -p "$(dirname "$link")"
 if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
   ln -sfn "$ROOT" "$link"
 fi
+
+# Mitogen's strategy plugins (ansible.cfg: strategy = mitogen_linear) at a path that does not name the venv's
+# Python version.
+mitogen="$("$VENV/bin/python" -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')"
+if [ "$(readlink "$CACHE/ansible_mitogen" 2>/dev/null)" != "$mitogen" ]; then
+  ln -sfn "$mitogen" "$CACHE/ansible_mitogen"
+fi
