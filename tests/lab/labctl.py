@@ -135,7 +135,7 @@ class Lab:
             members = json.loads(self.etcdctl(host, "member list -w json").stdout or "{}").get("members", [])
             names = {m["ID"]: m["name"] for m in members}
             return {names.get(e["Status"]["header"]["member_id"], "?"): {
-                "id": e["Status"]["header"]["member_id"], "leader_id": e["Status"]["leader"]} for e in status}
+                "id": e["Status"]["header"]["member_id"], "leader_id": e["Status"].get("leader", 0)} for e in status}
         return {}
 
     def etcd_leader(self) -> Optional[str]:

@@ -25,12 +25,19 @@ def status(host, endpoints: str = ALL) -> list[dict]:
     return json.loads(cmd.stdout) if cmd.stdout.strip() else []
 
 
-def leader_name(host, endpoints: str = ALL) -> str | None:
-    for entry in status(host, endpoints):
-        if entry["Status"]["leader"] == entry["Status"]["header"]["member_id"]:
+def leader_of(entries: list) -> str | None:
+    """The member that says it leads, from `etcdctl endpoint status -w json`. During an election a member reports
+    no leader: its JSON then has no "leader" field at all (zero)."""
+    for entry in entries:
+        leader = entry["Status"].get("leader")
+        if leader and leader == entry["Status"]["header"]["member_id"]:
             ip = entry["Endpoint"].split("//")[1].split(":")[0]
             return next(n for n, a in MEMBERS.items() if a == ip)
     return None
+
+
+def leader_name(host, endpoints: str = ALL) -> str | None:
+    return leader_of(status(host, endpoints))
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -86,11 +93,7 @@ def test_cluster_survives_losing_its_leader(host):
 
     def survivors_leader():
         out = docker_etcdctl(survivors[0], "endpoint status -w json", alive).stdout
-        for entry in json.loads(out) if out.strip() else []:
-            if entry["Status"]["leader"] == entry["Status"]["header"]["member_id"]:
-                ip = entry["Endpoint"].split("//")[1].split(":")[0]
-                return next(n for n, a in MEMBERS.items() if a == ip)
-        return None
+        return leader_of(json.loads(out) if out.strip() else [])
 
     # The leader's machine dies (docker kill: no systemd restart brings etcd back before the election).
     subprocess.run(["docker", "kill", old], check=True, capture_output=True)
