@@ -31,7 +31,7 @@ playbook() {  # playbook NAME FILE [args...]: run and keep a log
   local rc=0
   ansible-playbook -i "$INV" "$file" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
   log "lab: $name done in $(since "$t0") s"
-  bash "$ROOT/tools/phase.sh" add "  lab: $name" "$(since "$t0")" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")"
+  bash "$ROOT/tools/phase.sh" add "  lab: $name" "$(since "$t0")" "$rc"
   return "$rc"
 }
 

@@ -2,12 +2,16 @@
 # Phase timings of a harness or test run, for the table CI's log ends with.
 #   tools/phase.sh reset                 start a new record (tests/output/phases.tsv)
 #   tools/phase.sh run NAME CMD [ARGS]   run CMD, record NAME and its seconds (and whether it failed), keep its exit
-#   tools/phase.sh add NAME SECONDS      record a phase measured elsewhere (the tests add theirs: tests/phases.py)
+#   tools/phase.sh add NAME SECONDS [RC] record a phase measured elsewhere, with its exit code (0 if omitted; the
+#                                        tests add theirs in the same format: tests/phases.py)
 #   tools/phase.sh report                print the table, in the order the phases ran, with the total
 source "$(dirname "$0")/lib.sh"
 
 FILE="${MLFLOW_HA_PHASES:-$ROOT/tests/output/phases.tsv}"
 mkdir -p "$(dirname "$FILE")"
+
+# One line of the record: name, seconds, "ok" or "FAILED (exit code)".
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$([ "$3" -eq 0 ] && echo ok || echo "FAILED ($3)")" >>"$FILE"; }
 
 case "${1:-report}" in
   reset)
@@ -19,11 +23,11 @@ case "${1:-report}" in
     t0=$(date +%s)
     rc=0
     "$@" || rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$(since "$t0")" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")" >>"$FILE"
+    record "$name" "$(since "$t0")" "$rc"
     exit "$rc"
     ;;
   add)
-    printf '%s\t%s\t%s\n' "${2:?name}" "${3:?seconds}" "${4:-ok}" >>"$FILE"
+    record "${2:?name}" "${3:?seconds}" "${4:-0}"
     ;;
   report)
     [ -s "$FILE" ] || { echo "no phase timings recorded ($FILE)"; exit 0; }
@@ -35,6 +39,6 @@ case "${1:-report}" in
     ' "$FILE"
     ;;
   *)
-    die "usage: tools/phase.sh reset | run NAME CMD [ARGS] | add NAME SECONDS [RESULT] | report"
+    die "usage: tools/phase.sh reset | run NAME CMD [ARGS] | add NAME SECONDS [RC] | report"
     ;;
 esac

@@ -45,7 +45,8 @@ def test_scenario(scenario: Path):
     if reason:
         # Reported as skipped with the reason in pytest's summary (-ra): never a silent pass.
         pytest.skip(reason)
-    scenario_id = str(scenario.relative_to(ROOT)).replace("/", "__")
+    name = str(scenario.relative_to(ROOT))
+    scenario_id = name.replace("/", "__")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     log = OUTPUT / f"{scenario_id}.log"
     env = dict(os.environ, MLFLOW_HA_ROOT=str(ROOT), ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
@@ -55,13 +56,13 @@ def test_scenario(scenario: Path):
                               env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     seconds = round(time.monotonic() - start, 1)
 
-    record(f"molecule {scenario.relative_to(ROOT)}", seconds, proc.returncode == 0)
+    record(f"molecule {name}", seconds, proc.returncode)
     durations_file = OUTPUT / "durations.json"
     durations = json.loads(durations_file.read_text()) if durations_file.exists() else {}
-    durations[str(scenario.relative_to(ROOT))] = {"seconds": seconds, "passed": proc.returncode == 0}
+    durations[name] = {"seconds": seconds, "passed": proc.returncode == 0}
     durations_file.write_text(json.dumps(durations, indent=2, sort_keys=True) + "\n")
 
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-TAIL_LINES:])
-        raise AssertionError(f"molecule test failed for {scenario.relative_to(ROOT)} (exit {proc.returncode}, "
+        raise AssertionError(f"molecule test failed for {name} (exit {proc.returncode}, "
                              f"{seconds} s); full log: {log}\n--- last {TAIL_LINES} lines ---\n{tail}")
