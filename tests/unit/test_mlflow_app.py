@@ -91,3 +91,50 @@ def test_the_environment_decides_whether_to_guard():
     wrapped = app_module.guard(inner, {"MLFLOW_HA_DEADLINE_HEADER": HEADER, "MLFLOW_HA_DEADLINE_GRACE_MS": "250"})
     assert isinstance(wrapped, app_module.DeadlineGuard)
     assert wrapped.header == b"x-request-deadline-ms" and wrapped.grace_ms == 250
+
+
+class Recorder(Inner):
+    """The wrapped app: records the request deadline its code sees (as MLflow's commit listener would)."""
+
+    async def __call__(self, scope, receive, send):
+        self.deadline = app_module.REQUEST_DEADLINE_MS.get()
+        await super().__call__(scope, receive, send)
+
+
+def test_the_request_deadline_is_visible_inside_the_app_and_only_there():
+    inner = Recorder()
+    app = app_module.DeadlineGuard(inner, HEADER, clock=lambda: NOW)
+    deadline = int(NOW * 1000) + 5000
+    call(app, [(HEADER, str(deadline))])
+    assert inner.deadline == deadline
+    assert app_module.REQUEST_DEADLINE_MS.get() is None
+    call(app)
+    assert inner.deadline is None
+
+
+def commit_in_request(listener, deadline):
+    token = app_module.REQUEST_DEADLINE_MS.set(deadline)
+    try:
+        listener(object())
+    finally:
+        app_module.REQUEST_DEADLINE_MS.reset(token)
+
+
+def test_a_commit_past_the_request_deadline_is_refused():
+    listener = app_module.CommitGuard(clock=lambda: NOW)
+    try:
+        commit_in_request(listener, int(NOW * 1000) - 1)
+    except app_module.DeadlineExceeded as err:
+        assert "rolled back" in str(err)
+    else:
+        raise AssertionError("a late commit went through")
+    assert listener.refused == 1
+
+
+def test_commits_before_the_deadline_without_one_or_outside_requests_go_through():
+    listener = app_module.CommitGuard(grace_ms=500, clock=lambda: NOW)
+    commit_in_request(listener, int(NOW * 1000) + 1)
+    commit_in_request(listener, int(NOW * 1000) - 400)
+    commit_in_request(listener, None)
+    listener(object())
+    assert listener.refused == 0

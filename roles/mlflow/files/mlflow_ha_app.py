@@ -2,15 +2,21 @@
 
 A client that says when it stops waiting sends the moment in a request header (epoch milliseconds; the
 collection's HTTP client and the lab's MLflow request header provider send X-Request-Deadline-Ms). HAProxy's
-MLflow frontend already refuses a request that arrives past it. This guard does the same on the server, at the
-moment the server reads the request: a server that froze (paused VM, long stall) with a create request unread
-in its socket would otherwise run it on resuming, after the client had given up and retried elsewhere, and the
-registry would hold the model version twice. A request past its deadline is answered 504 without reaching
-MLflow, and logged.
+MLflow frontend already refuses a request that arrives past it. This module enforces it twice on the server:
 
-What it cannot close: a server that freezes after committing and before answering still leaves the client
-unsure (the transaction is kept; a retry duplicates it). A server frozen inside an open transaction loses it
-to PostgreSQL's idle_in_transaction_session_timeout, so that case is safe.
+- At the door (DeadlineGuard, ASGI): a request read past its deadline is answered 504 without reaching MLflow.
+  A server that froze (paused VM, long stall) with a create request unread in its socket would otherwise run it
+  on resuming, after the client had given up, searched and created again: the version twice.
+- At the commit (CommitGuard, a SQLAlchemy before_commit listener): a request the door let in, that then
+  stalled inside MLflow (the server froze mid-request, before its transaction committed), is refused at the
+  commit if its deadline has passed by then: the transaction is rolled back and the client gets 504
+  DEADLINE_EXCEEDED. The chaos test found this window: a freeze after the door, before the commit, duplicated
+  one registration in a few thousand. The request's deadline reaches MLflow's request threads in a context
+  variable (Starlette runs the Flask app with anyio, which copies the context into the thread).
+
+What remains open is microseconds wide: a freeze between the commit check and PostgreSQL's commit. A server
+that freezes after committing and before answering leaves the client unsure, but the write is then visible,
+and a client that searches for its key before creating again (the collection's clients do) finds it.
 
 Entry points (group `mlflow.app`, read by `mlflow server --app-name`): `mlflow-ha` (MLflow's app) and
 `mlflow-ha-basic-auth` (MLflow's basic-auth app). Both are factories: `mlflow server` imports this module in its
@@ -28,9 +34,13 @@ import json
 import logging
 import os
 import time
+from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 LOGGER = logging.getLogger("mlflow_ha.deadline")
+
+# The deadline (epoch ms) of the request this code runs for; None outside requests and for requests without one.
+REQUEST_DEADLINE_MS: ContextVar[Optional[int]] = ContextVar("mlflow_ha_request_deadline_ms", default=None)
 
 Scope = Dict[str, Any]
 Message = Dict[str, Any]
@@ -71,6 +81,12 @@ class DeadlineGuard:
                 if late_ms > self.grace_ms:
                     await self.reject(scope, send, late_ms)
                     return
+                token = REQUEST_DEADLINE_MS.set(deadline)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    REQUEST_DEADLINE_MS.reset(token)
+                return
         await self.app(scope, receive, send)
 
     async def reject(self, scope: Scope, send: Send, late_ms: int) -> None:
@@ -88,6 +104,50 @@ class DeadlineGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+class DeadlineExceeded(Exception):
+    """Raised by CommitGuard when no error class is given (tests); the server raises MLflow's exception."""
+
+
+class CommitGuard:
+    """SQLAlchemy `before_commit` listener: raises (so the transaction rolls back) when the request it commits for
+    is past its deadline. Sessions outside a request, or of a request without a deadline, commit as always."""
+
+    def __init__(self, grace_ms: int = 0, error: Callable[[str], Exception] = DeadlineExceeded,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.grace_ms = grace_ms
+        self.error = error
+        self.clock = clock
+        self.refused = 0
+
+    def __call__(self, session: Any) -> None:
+        deadline = REQUEST_DEADLINE_MS.get()
+        if deadline is None:
+            return
+        late_ms = int(self.clock() * 1000) - deadline
+        if late_ms > self.grace_ms:
+            self.refused += 1
+            LOGGER.warning("rolled back a transaction %d ms past its request's deadline (the client has given up on "
+                           "it; committing could duplicate what its retry does)", late_ms)
+            raise self.error("The request passed its client's deadline %d ms before its transaction would have "
+                             "committed; it was rolled back." % late_ms)
+
+
+def mlflow_deadline_error(message: str) -> Exception:
+    """MLflow's exception for a refused commit: MLflow rolls the session back and answers 504 DEADLINE_EXCEEDED."""
+    exceptions = importlib.import_module("mlflow.exceptions")
+    codes = importlib.import_module("mlflow.protos.databricks_pb2")
+    return exceptions.MlflowException(message, error_code=codes.DEADLINE_EXCEEDED)
+
+
+def install_commit_guard(grace_ms: int) -> CommitGuard:
+    """Listen on every SQLAlchemy session (MLflow's tracking and registry stores) before each commit."""
+    event = importlib.import_module("sqlalchemy.event")
+    orm = importlib.import_module("sqlalchemy.orm")
+    listener = CommitGuard(grace_ms, error=mlflow_deadline_error)
+    event.listen(orm.Session, "before_commit", listener)
+    return listener
+
+
 def guard(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
     """Wrap app in the deadline guard the environment configures (or return it as it is when no header is set)."""
     env = os.environ if environ is None else environ
@@ -97,11 +157,19 @@ def guard(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
     return DeadlineGuard(app, header, grace_ms=int(env.get("MLFLOW_HA_DEADLINE_GRACE_MS", "0") or 0))
 
 
+def guard_server(app: AsgiApp) -> AsgiApp:
+    """The guard at the door, and (when it is on) the one at the commit, as the environment configures them."""
+    guarded = guard(app)
+    if isinstance(guarded, DeadlineGuard):
+        install_commit_guard(guarded.grace_ms)
+    return guarded
+
+
 def create_app() -> AsgiApp:
     """`mlflow-ha`: MLflow's tracking server app (what `mlflow server` runs without --app-name), guarded."""
-    return guard(importlib.import_module("mlflow.server.fastapi_app").app)
+    return guard_server(importlib.import_module("mlflow.server.fastapi_app").app)
 
 
 def create_basic_auth_app() -> AsgiApp:
     """`mlflow-ha-basic-auth`: MLflow's basic-auth app (`--app-name basic-auth`), guarded."""
-    return guard(importlib.import_module("mlflow.server.auth").create_app())
+    return guard_server(importlib.import_module("mlflow.server.auth").create_app())
