@@ -9,7 +9,7 @@ COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
 
-.PHONY: help bootstrap host engine image venv weed wheelhouse promtool lab lab-destroy test lint sanity unit molecule e2e bench clean
+.PHONY: help bootstrap host engine image venv weed etcd wheelhouse promtool lab lab-destroy test lint sanity unit molecule e2e bench clean
 
 help:
 	@echo "make lab        build the local container lab (inventories/lab): site.yml + validate.yml, prints the URLs"
@@ -63,22 +63,28 @@ unit: venv promtool
 weed:
 	@bash tools/build-weed.sh >/dev/null
 
+# etcd and etcdctl 3.6 for the etcd role (built once from their Go modules, cached beside weed): Debian's 3.4.23
+# has a lease bug a frozen leader triggers (docs/postgres-ha.md).
+etcd:
+	@bash tools/build-etcd.sh >/dev/null
+
 # Offline wheelhouses the roles install from: Patroni (patroni role) and MLflow (mlflow role, and the official
 # client on the controller).
 wheelhouse:
 	@bash tools/wheelhouse.sh patroni roles/patroni/files/requirements.txt >/dev/null
 	@bash tools/mlflow-venv.sh >/dev/null
 
-molecule: bootstrap weed wheelhouse
+molecule: bootstrap weed etcd wheelhouse
 	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
+	  MLFLOW_HA_ETCD_BINARIES="$$(bash tools/build-etcd.sh 2>/dev/null | tail -1)" \
 	  MLFLOW_HA_PATRONI_WHEELHOUSE="$${MLFLOW_HA_CACHE:-$(ROOT)/.cache}/wheelhouse/patroni.tar" \
 	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 # The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).
-e2e: bootstrap weed wheelhouse
+e2e: bootstrap weed etcd wheelhouse
 	MLFLOW_HA_CLIENT_PYTHON="$$(bash tools/mlflow-venv.sh 2>/dev/null | tail -1)" pytest tests/lab
 
-bench: bootstrap weed wheelhouse
+bench: bootstrap weed etcd wheelhouse
 	@bash tools/bench.sh
 
 clean:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local lab (inventories/lab): tools/lab.sh up | converge | validate | destroy | urls
-#   up        harness prerequisites (weed binary, MLflow wheelhouse), containers, site.yml, validate.yml, URLs
+#   up        harness prerequisites (weed and etcd binaries, wheelhouses), containers, site.yml, validate.yml, URLs
 #   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
 #   validate  playbooks/validate.yml
 #   destroy   remove the lab's containers and network
@@ -18,7 +18,8 @@ host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == 
 
 prerequisites() {
   MLFLOW_HA_WEED_BINARY="$(bash "$ROOT/tools/build-weed.sh" | tail -1)"
-  export MLFLOW_HA_WEED_BINARY
+  MLFLOW_HA_ETCD_BINARIES="$(bash "$ROOT/tools/build-etcd.sh" | tail -1)"
+  export MLFLOW_HA_WEED_BINARY MLFLOW_HA_ETCD_BINARIES
   bash "$ROOT/tools/wheelhouse.sh" patroni "$ROOT/roles/patroni/files/requirements.txt"
   bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
 }

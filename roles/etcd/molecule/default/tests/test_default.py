@@ -58,6 +58,17 @@ def test_every_member_healthy(host):
     assert len(health) == 3 and all(h["health"] for h in health)
 
 
+def test_every_member_runs_the_binaries_the_role_installed(host):
+    """The scenario installs etcd from etcd_binaries_src (tools/build-etcd.sh): the unit runs /usr/local/bin/etcd as
+    user etcd, and each member reports that binary's version (not Debian's 3.4)."""
+    installed = host.run("/usr/local/bin/etcd --version").stdout.splitlines()[0].split()[-1]
+    assert not installed.startswith("3.4"), installed
+    assert {entry["Status"]["version"] for entry in status(host)} == {installed}
+    unit = host.run("systemctl show -p ExecStart -p User etcd").stdout
+    assert "/usr/local/bin/etcd" in unit and "User=etcd" in unit, unit
+    assert host.file("/usr/local/bin/etcdctl").mode == 0o755
+
+
 def test_three_members_listed(host):
     members = json.loads(etcdctl(host, "member list -w json").stdout)["members"]
     assert sorted(m["name"] for m in members) == sorted(MEMBERS)

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Build etcd and etcdctl from their Go modules with this machine's Go, and cache them for the etcd role, which
+# copies them to the members when etcd_binaries_src names a directory holding them (an unpacked upstream release
+# has the same layout): tools/build-etcd.sh  ->  last line on stdout: the directory.
+#
+# Why not Debian's etcd-server: bookworm ships 3.4.23, whose resumed former leader can revoke leases that the new
+# leader kept alive (fixed in 3.4.31 and 3.5.13). Patroni's leader key is such a lease: the lab saw a frozen
+# PostgreSQL primary that also led etcd come back as leader on its old timeline (docs/postgres-ha.md).
+#
+# The pin lives in tools/etcd/go.mod: a build-only module of ours whose `tool` lines name the two upstream main
+# packages (go.etcd.io/etcd/server/v3 is etcd, go.etcd.io/etcd/etcdctl/v3 is etcdctl), so `go mod tidy` keeps
+# them. Upstream's own go.mod files carry replace lines, so `go install …@version` is refused. To move the pin:
+#   cd tools/etcd && go get -tool go.etcd.io/etcd/server/v3@vX go.etcd.io/etcd/etcdctl/v3@vX && go mod tidy
+#
+# Cache: ${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}/etcd-<version>/{etcd,etcdctl,SHA256SUMS}, outside the
+# checkout so every clone on this machine reuses it. Static (CGO_ENABLED=0), stripped, path-free binaries.
+source "$(dirname "$0")/lib.sh"
+
+MODDIR="$ROOT/tools/etcd"
+MODULE=go.etcd.io/etcd/server/v3
+CTL=go.etcd.io/etcd/etcdctl/v3
+
+pin=$(awk -v m="$MODULE" '$1 == m && $2 ~ /^v/ {print $2}' "$MODDIR/go.mod" | head -1)
+[ -n "$pin" ] || die "etcd: no requirement on $MODULE in $MODDIR/go.mod"
+ctl_pin=$(awk -v m="$CTL" '$1 == m && $2 ~ /^v/ {print $2}' "$MODDIR/go.mod" | head -1)
+[ "$ctl_pin" = "$pin" ] || die "etcd: $MODDIR/go.mod pins etcd $pin but etcdctl ${ctl_pin:-nothing}; pin both alike"
+
+bindir="${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}"
+out="$bindir/etcd-$pin"
+mkdir -p "$bindir" 2>/dev/null || die "etcd: cannot create the binary cache $bindir (set MLFLOW_HA_BIN_CACHE to a writable directory)"
+
+cached() { [ -f "$out/SHA256SUMS" ] && (cd "$out" && sha256sum --check --status SHA256SUMS 2>/dev/null); }
+
+exec 9>"$bindir/.etcd-$pin.lock"
+flock 9
+
+if cached; then
+  log "etcd: $out is current, skipping build"
+  echo "$out"
+  exit 0
+fi
+
+GO=${MLFLOW_HA_GO:-$(command -v go || echo /usr/local/go/bin/go)}
+[ -x "$GO" ] || die "etcd: Go not found (looked for 'go' on PATH and /usr/local/go/bin/go; set MLFLOW_HA_GO)"
+export GOTOOLCHAIN=local
+buildlog="$CACHE/build-etcd.log"
+mkdir -p "$CACHE"
+: >"$buildlog"
+
+t0=$(date +%s)
+log "etcd: building etcd and etcdctl $pin with $("$GO" env GOVERSION) (cold Go caches: a few minutes on 2 cores)"
+tmp="$bindir/.etcd-$pin.tmp.$$"
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp"
+build() {
+  (cd "$MODDIR" && CGO_ENABLED=0 GOOS=linux "$GO" build -mod=readonly -trimpath -buildvcs=false -ldflags "-s -w" \
+    -o "$tmp/$1" "$2") >>"$buildlog" 2>&1 || { tail -30 "$buildlog" >&2; die "etcd: go build of $1 failed; log in $buildlog"; }
+}
+build etcd "$MODULE"
+build etcdctl "$CTL"
+
+reported=$("$tmp/etcd" --version 2>&1 | head -1) || die "etcd: the new binary does not run: $reported"
+[ "$reported" = "etcd Version: ${pin#v}" ] || die "etcd: the binary built from $pin reports '$reported'"
+(cd "$tmp" && sha256sum etcd etcdctl >SHA256SUMS)
+rm -rf "$out"
+mv "$tmp" "$out"
+log "etcd: built $out ($reported) in $(since "$t0") s"
+echo "$out"
