@@ -15,6 +15,7 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type
 
+import http.client
 import json
 import random
 import socket
@@ -105,8 +106,9 @@ class UrllibTransport(Transport):
         except urllib.error.URLError as err:
             # urllib wraps errors raised while connecting and sending: the request was not received whole.
             raise self._transport_error(err.reason, reached=False) from err
-        except (socket.timeout, ConnectionError, OSError) as err:
-            # Raised while waiting for the answer: the server may have received and processed the request.
+        except (socket.timeout, ConnectionError, OSError, http.client.HTTPException) as err:
+            # Raised while waiting for or reading the answer (a timeout, a reset, a truncated body, a garbled
+            # status line): the server may have received and processed the request.
             raise self._transport_error(err, reached=True) from err
 
     @staticmethod
@@ -277,6 +279,10 @@ class HttpClient:
                     raise self._error(what, attempts, start, "not retried: the request may have reached the "
                                       "server and %s is not idempotent" % method) from err
                 continue
+            except BaseException:
+                # Not an outcome this client classifies: no verdict on the endpoint, but its trial slot is freed.
+                breaker.release()
+                raise
 
             status = response.status
             if status in expected:
@@ -286,7 +292,9 @@ class HttpClient:
             outcome = "HTTP %d %s" % (status, excerpt(response.body))
             attempts.append(Attempt(endpoint, outcome.strip(), self.clock.now() - t0))
             if status == TOO_MANY_REQUESTS:
-                # Busy, not broken: leave the breaker alone; the server says it did not process the request.
+                # Busy, not broken: no verdict on the breaker (a half-open trial gives its slot back); the server
+                # says it did not process the request.
+                breaker.release()
                 wait_hint = parse_retry_after(response.header("Retry-After"))
                 continue
             if status in RETRYABLE_STATUSES:

@@ -11,6 +11,7 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type
 
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
@@ -77,7 +78,9 @@ class RetryPolicy:
 class CircuitBreaker:
     """Closed -> open after ``failure_threshold`` consecutive failures -> half-open once ``reset_timeout``
     seconds have passed (one trial call is let through) -> closed on the trial's success, open again on its
-    failure."""
+    failure. A trial that ends without a verdict (the server was busy, or the caller gave up on an error it
+    cannot classify) must be given back with ``release()``, or the endpoint stays blocked. Thread-safe: state
+    changes happen under one lock, so concurrent callers get one trial between them."""
 
     def __init__(self, failure_threshold: int = 3, reset_timeout: float = 10.0, clock: Optional[Clock] = None):
         if failure_threshold < 1:
@@ -89,48 +92,61 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at = 0.0
         self._trial_in_flight = False
+        self._lock = threading.RLock()
 
     @property
     def state(self) -> str:
-        if self._state == OPEN and self.clock.now() - self.opened_at >= self.reset_timeout:
-            self._state = HALF_OPEN
-            self._trial_in_flight = False
-        return self._state
+        with self._lock:
+            if self._state == OPEN and self.clock.now() - self.opened_at >= self.reset_timeout:
+                self._state = HALF_OPEN
+                self._trial_in_flight = False
+            return self._state
 
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a trial call through (0 when it already would)."""
-        if self.state != OPEN:
-            return 0.0
-        return max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
+        with self._lock:
+            if self.state != OPEN:
+                return 0.0
+            return max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
 
     def allow(self) -> bool:
         """Whether a call may go through now. In half-open state only one trial at a time is allowed."""
-        state = self.state
-        if state == CLOSED:
-            return True
-        if state == HALF_OPEN and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
-        return False
+        with self._lock:
+            state = self.state
+            if state == CLOSED:
+                return True
+            if state == HALF_OPEN and not self._trial_in_flight:
+                self._trial_in_flight = True
+                return True
+            return False
 
     def record_success(self) -> None:
-        self._state = CLOSED
-        self.consecutive_failures = 0
-        self._trial_in_flight = False
+        with self._lock:
+            self._state = CLOSED
+            self.consecutive_failures = 0
+            self._trial_in_flight = False
 
     def record_failure(self) -> None:
-        self.consecutive_failures += 1
-        self._trial_in_flight = False
-        if self._state == HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
-            self._state = OPEN
-            self.opened_at = self.clock.now()
+        with self._lock:
+            self.consecutive_failures += 1
+            self._trial_in_flight = False
+            if self._state == HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
+                self._state = OPEN
+                self.opened_at = self.clock.now()
+
+    def release(self) -> None:
+        """The call this breaker let through ended without a verdict: free the half-open trial slot and change
+        nothing else."""
+        with self._lock:
+            self._trial_in_flight = False
 
     def describe(self) -> str:
-        state = self.state
-        text = "%s (%d consecutive failures" % (state, self.consecutive_failures)
-        if state == OPEN:
-            text += ", trial in %.1f s" % self.retry_in()
-        return text + ")"
+        with self._lock:
+            state = self.state
+            text = "%s (%d consecutive failures" % (state, self.consecutive_failures)
+            if state == OPEN:
+                text += ", trial in %.1f s" % self.retry_in()
+            return text + ")"
 
 
 class PollTimeout(Exception):

@@ -3,7 +3,10 @@ Writes tests/output/bench/bench-<UTC stamp>.json (and .png: registration latency
 The lab is created when its VIP does not answer (tools/lab.sh up) and kept afterwards.
 
 Environment: MLFLOW_HA_CLIENT_PYTHON (the Makefile sets it), BENCH_SECONDS (steady load, default 120),
-BENCH_WORKERS (default 4), BENCH_FAULTS (1 to inject faults after the steady phase, the default; 0 skips)."""
+BENCH_WORKERS (default 4), BENCH_FAULTS (1 to inject faults after the steady phase, the default; 0 skips),
+BENCH_ONLY (only the faults whose "<kind> <what>" contains one of its comma-separated parts, e.g. "freeze,cut"
+for the gray faults), BENCH_REPEAT (run the chosen faults that many times, default 1: a rare loss needs many
+tries)."""
 
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ def main() -> int:
         time.sleep(seconds)
         t_steady = time.time()
         if os.environ.get("BENCH_FAULTS", "1") == "1":
-            faults = run_faults(lab, load)
+            faults = run_faults(lab, load, only=os.environ.get("BENCH_ONLY", ""),
+                                repeat=int(os.environ.get("BENCH_REPEAT", "1")))
     finally:
         load.stop()
     events = load.events_list()

@@ -344,12 +344,19 @@ def longest_gap(acks: list[dict], start: float, end: float) -> float:
     return round(max(b - a for a, b in zip(times, times[1:])), 1)
 
 
-def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True) -> list[dict]:
+def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True, only: str = "",
+               repeat: int = 1) -> list[dict]:
     """Inject each fault in turn while the load runs, wait until its tier is whole again, and report what the
     clients saw: seconds until a registration started after the fault succeeded, the longest time without any
-    registration completing, failed calls, and for PostgreSQL the leader changes (timeline steps)."""
+    registration completing, failed calls, and for PostgreSQL the leader changes (timeline steps).
+    only: run just the faults whose "<kind> <what>" contains one of its comma-separated parts (e.g. "freeze,cut":
+    the gray faults); repeat: the chosen list that many times (rare outcomes need many tries)."""
+    parts = [part.strip() for part in only.split(",")]
+    chosen = [f for f in faults(lab, gray) if any(part in f"{f.kind} {f.what}" for part in parts)]
+    if not chosen:
+        raise ValueError(f"no fault matches {only!r}: " + ", ".join(f"{f.kind} {f.what}" for f in faults(lab, gray)))
     report = []
-    for fault in faults(lab, gray):
+    for fault in chosen * repeat:
         victim = fault.pick()
         if not victim:
             raise RuntimeError(f"could not find the {fault.what} to hit")

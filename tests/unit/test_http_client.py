@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+
 import pytest
 from fakes import FakeTransport, ok, refused, reset_after_send
 
@@ -219,6 +221,36 @@ class TestErrorText:
         with pytest.raises(HttpClientError) as info:
             c.get_json("/cluster")
         assert f"{A}/cluster answered HTTP 200 with invalid JSON" in str(info.value)
+
+
+class TestBreakerSlots:
+    """A half-open endpoint's trial slot is given back however the trial ends (issue 13: a 429 or an exception
+    the client did not classify left it taken, and the endpoint blocked for the rest of the client's life)."""
+
+    def open_then_cool(self, clock, c):
+        c.breakers[A].record_failure()
+        c.breakers[A].record_failure()
+        c.breakers[A].record_failure()
+        clock.t += 10
+        assert c.breakers[A].state == "half-open"
+
+    def test_a_trial_answered_429_leaves_the_endpoint_usable(self, clock, rng):
+        c, t = client(clock, rng, {A: [ok(status=429, headers={"Retry-After": "1"}), ok()]})
+        self.open_then_cool(clock, c)
+        assert c.request("GET", "/health").status == 200
+        assert len(t.calls) == 2
+        assert c.breakers[A].state == CLOSED
+
+    def test_an_unclassified_exception_releases_the_trial(self, clock, rng):
+        def boom():
+            raise http.client.IncompleteRead(b"partial")
+
+        c, t = client(clock, rng, {A: [boom, ok()]})
+        self.open_then_cool(clock, c)
+        with pytest.raises(http.client.IncompleteRead):
+            c.request("GET", "/health")
+        assert c.request("GET", "/health").status == 200
+        assert len(t.calls) == 2
 
 
 def test_no_endpoints_is_a_clear_error(clock, rng):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
+from fakes import FakeClock
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     CLOSED,
@@ -49,6 +52,15 @@ class TestRetryPolicy:
             RetryPolicy(**kwargs)
 
 
+def trial_taken(clock) -> CircuitBreaker:
+    """A breaker opened by one failure, cooled down, with its half-open trial just let through."""
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=5, clock=clock)
+    b.record_failure()
+    clock.t += 5
+    assert b.allow()
+    return b
+
+
 class TestCircuitBreaker:
     def test_closed_until_threshold_consecutive_failures(self, clock):
         b = CircuitBreaker(failure_threshold=3, reset_timeout=10, clock=clock)
@@ -77,17 +89,11 @@ class TestCircuitBreaker:
         assert b.retry_in() == 0.0
 
     def test_half_open_lets_one_trial_through(self, clock):
-        b = CircuitBreaker(failure_threshold=1, reset_timeout=5, clock=clock)
-        b.record_failure()
-        clock.t += 5
-        assert b.allow()
+        b = trial_taken(clock)
         assert not b.allow(), "a second call while the trial is in flight must be refused"
 
     def test_half_open_success_closes(self, clock):
-        b = CircuitBreaker(failure_threshold=1, reset_timeout=5, clock=clock)
-        b.record_failure()
-        clock.t += 5
-        assert b.allow()
+        b = trial_taken(clock)
         b.record_success()
         assert b.state == CLOSED
         assert b.consecutive_failures == 0
@@ -113,6 +119,41 @@ class TestCircuitBreaker:
     def test_rejects_zero_threshold(self):
         with pytest.raises(ValueError):
             CircuitBreaker(failure_threshold=0)
+
+    def test_a_trial_released_without_a_verdict_frees_the_slot(self, clock):
+        """A half-open trial that ends with neither success nor failure (a 429: busy, not broken; an exception
+        the client does not classify) gives the slot back, so the next call is the next trial."""
+        b = trial_taken(clock)
+        b.release()
+        assert b.state == HALF_OPEN
+        assert b.allow(), "the endpoint stayed blocked after a trial that ended without a verdict"
+
+    def test_concurrent_callers_get_one_trial(self):
+        """allow() is atomic: when many threads find the cool-down over at once, exactly one trial goes through.
+        The clock yields to other threads on every read, which is where an unlocked check-then-set loses."""
+
+        class YieldingClock(FakeClock):
+            def now(self):
+                time.sleep(0.001)
+                return self.t
+
+        slow = YieldingClock()
+        b = CircuitBreaker(failure_threshold=1, reset_timeout=5, clock=slow)
+        b.record_failure()
+        slow.t += 5
+        start = threading.Barrier(16)
+        allowed = []
+
+        def caller():
+            start.wait()
+            allowed.append(b.allow())
+
+        threads = [threading.Thread(target=caller) for _n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert allowed.count(True) == 1, allowed
 
 
 class TestPollUntil:
