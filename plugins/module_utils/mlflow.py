@@ -72,9 +72,8 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
-    PollTimeout,
     RetryPolicy,
-    poll_until,
+    watch,
 )
 
 COMPONENT = "MLflow tracking server"
@@ -1226,25 +1225,8 @@ def check_servers(prober: MlflowProber, min_healthy: Optional[int] = None, wait_
                   poll_interval: float = 2.0) -> InfoCheck:
     """Look until there is no problem or ``wait_timeout`` passes; return the last look."""
     required = check_min_healthy(min_healthy, len(prober.servers))
-    clock = prober.clock
-    start = clock.now()
-    count = [0]
-
-    def observe() -> InfoCheck:
-        count[0] += 1
-        return InfoCheck(prober.look(required), required)
-
-    try:
-        check, _waited = poll_until(observe, lambda c: not c.look.problems, wait_timeout, poll_interval,
-                                    "healthy MLflow tracking servers", clock)
-    except PollTimeout as err:
-        if not isinstance(err.last, InfoCheck):
-            raise
-        check = err.last
-        check.gave_up = wait_timeout > 0
-    check.checks = count[0]
-    check.waited = clock.now() - start
-    return check
+    return watch(lambda: InfoCheck(prober.look(required), required), lambda c: not c.look.problems, wait_timeout,
+                 poll_interval, prober.clock).stamped()
 
 
 # -- from module parameters -------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import 
     PollTimeout,
     RetryPolicy,
     poll_until,
+    watch,
 )
 
 COMPONENT = "Patroni REST API"
@@ -620,6 +621,7 @@ class HealthCheck:
     error: Optional[HttpClientError] = None
     checks: int = 0
     waited: float = 0.0
+    gave_up: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -634,6 +636,7 @@ class HealthCheck:
             "endpoint": self.cluster.endpoint if self.cluster is not None else None,
             "checks": self.checks,
             "waited": round(self.waited, 3),
+            "gave_up": self.gave_up,
         })
         return facts
 
@@ -645,12 +648,8 @@ def check_health(client: PatroniClient, min_replicas: int = 0, require_streaming
 
     An unreachable REST API is an observation too (its error text is the problem), so a wait survives
     Patroni restarting. The leader's replication view is read only when streaming is required."""
-    clock = client.clock
-    start = clock.now()
-    count = [0]
 
     def observe() -> HealthCheck:
-        count[0] += 1
         try:
             cluster = client.cluster()
         except HttpClientError as err:
@@ -661,11 +660,4 @@ def check_health(client: PatroniClient, min_replicas: int = 0, require_streaming
                           replication=replication, replication_error=replication_error)
         return HealthCheck(cluster, problems, replication)
 
-    try:
-        look, _waited = poll_until(observe, lambda h: h.healthy, wait_timeout, poll_interval,
-                                   "a healthy Patroni cluster", clock)
-    except PollTimeout as err:
-        look = err.last if isinstance(err.last, HealthCheck) else HealthCheck(None, [str(err)])
-    look.checks = count[0]
-    look.waited = clock.now() - start
-    return look
+    return watch(observe, lambda h: h.healthy, wait_timeout, poll_interval, client.clock).stamped()

@@ -188,6 +188,10 @@ waited:
   description: Seconds spent looking.
   returned: always
   type: float
+gave_up:
+  description: True when O(wait_timeout) ran out before the cluster was healthy (false when no wait was asked).
+  returned: always
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -220,7 +224,7 @@ def cluster_info(params, transport=None, clock=None):
         result.update(look.error.to_dict())
         return result, str(look.error)
     if look.problems:
-        waited = " after waiting %.1f s" % look.waited if params["wait_timeout"] > 0 else ""
+        waited = " after waiting %.1f s (%d checks)" % (look.waited, look.checks) if look.gave_up else ""
         return result, "Patroni cluster is not healthy%s: %s" % (waited, "; ".join(look.problems))
     return result, None
 
