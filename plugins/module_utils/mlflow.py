@@ -46,7 +46,6 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type
 
-import base64
 import csv
 import hashlib
 import io
@@ -66,6 +65,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     Transport,
     TransportError,
     UrllibTransport,
+    basic_auth,
     endpoint_list,
     excerpt,
     transport_from_params,
@@ -100,14 +100,6 @@ class MlflowError(Exception):
     def __init__(self, message: str, facts: Optional[Dict[str, Any]] = None):
         super().__init__(message)
         self.facts = dict(facts or {})
-
-
-def basic_auth(username: Optional[str], password: Optional[str]) -> Dict[str, str]:
-    """The Authorization header for MLflow's basic-auth app; empty without a username."""
-    if not username:
-        return {}
-    token = base64.b64encode(("%s:%s" % (username, password or "")).encode("utf-8")).decode("ascii")
-    return {"Authorization": "Basic " + token}
 
 
 def mlflow_error(response: Optional[Response]) -> Tuple[Optional[str], str]:

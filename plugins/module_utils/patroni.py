@@ -49,7 +49,6 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type
 
-import base64
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -61,6 +60,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     Transport,
     TransportError,
     UrllibTransport,
+    basic_auth,
     excerpt,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
@@ -458,10 +458,7 @@ class PatroniClient:
                                                     deadline=write_timeout + 5.0),
                                  request_timeout=write_timeout, transport=self.transport, clock=self.clock,
                                  rng=self.rng, headers={"Accept": "application/json"})
-        self.auth: Dict[str, str] = {}
-        if username:
-            token = base64.b64encode(("%s:%s" % (username, password or "")).encode("utf-8")).decode("ascii")
-            self.auth = {"Authorization": "Basic " + token}
+        self.auth: Dict[str, str] = basic_auth(username, password)
 
     def cluster(self) -> ClusterView:
         response = self.http.request("GET", "/cluster")
