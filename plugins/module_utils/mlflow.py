@@ -1085,7 +1085,8 @@ class MlflowProber:
 
     def __init__(self, servers: Sequence[str], lb_url: Optional[str] = None, haproxy_stats_url: Optional[str] = None,
                  haproxy_backend: str = "mlflow", username: Optional[str] = None, password: Optional[str] = None,
-                 headers: Optional[Mapping[str, str]] = None, transport: Optional[Transport] = None,
+                 haproxy_servers: Sequence[str] = (), headers: Optional[Mapping[str, str]] = None,
+                 transport: Optional[Transport] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None, request_timeout: float = 5.0,
                  deadline: float = 15.0, max_attempts: int = 2):
         if not servers:
@@ -1094,6 +1095,9 @@ class MlflowProber:
         self.lb_url = lb_url.rstrip("/") if lb_url else None
         self.haproxy_stats_url = haproxy_stats_url
         self.haproxy_backend = haproxy_backend
+        # HAProxy server names that must each be up in the backend (a rolling restart's gate: this server is
+        # back in every load balancer), besides the count that min_healthy asks.
+        self.haproxy_servers = list(haproxy_servers)
         self.transport = transport or UrllibTransport()
         self.clock = clock or Clock()
         self.rng = rng or random.Random()
@@ -1176,7 +1180,7 @@ class MlflowProber:
             breakers.update(client.breaker_states())
         lb = self.load_balancer(breakers)
         look = InfoLook(servers, lb, breakers)
-        look.problems = assess(look, min_healthy)
+        look.problems = assess(look, min_healthy, self.haproxy_servers)
         return look
 
 
@@ -1188,10 +1192,11 @@ def _expect_ok(response: Response) -> Optional[str]:
     return "GET %s answered HTTP %d with '%s' instead of OK" % (HEALTH, response.status, excerpt(response.body))
 
 
-def assess(look: InfoLook, min_healthy: int) -> List[str]:
+def assess(look: InfoLook, min_healthy: int, required_lb_servers: Sequence[str] = ()) -> List[str]:
     """A sentence per problem; empty when enough servers are healthy and the load balancer (when asked) agrees.
 
-    Each server that is down is named with what it answered, when fewer than ``min_healthy`` are healthy."""
+    Each server that is down is named with what it answered, when fewer than ``min_healthy`` are healthy. Each
+    name in ``required_lb_servers`` must be up in HAProxy's backend too."""
     problems: List[str] = []
     healthy = [s for s in look.servers if s.healthy]
     if len(healthy) < min_healthy:
@@ -1210,6 +1215,14 @@ def assess(look: InfoLook, min_healthy: int) -> List[str]:
                 problems.append("HAProxy backend %s has %d of %d servers up, %d required: %s" % (
                     lb.backend, len(serving), len(lb.servers), min_healthy,
                     ", ".join(s.describe() for s in lb.servers) or "no servers"))
+            by_name = {s.name: s for s in lb.servers}
+            for name in required_lb_servers:
+                server = by_name.get(name)
+                if server is None:
+                    problems.append("HAProxy backend %s has no server %s (it has: %s)" % (
+                        lb.backend, name, ", ".join(by_name) or "none"))
+                elif not server.serving:
+                    problems.append("HAProxy does not send traffic to %s yet: %s" % (name, server.describe()))
     return problems
 
 
@@ -1245,6 +1258,7 @@ def mlflow_info(params: Mapping[str, Any], transport: Optional[Transport] = None
         return dict(changed=False), str(err)
     prober = MlflowProber(servers, lb_url=params.get("lb_url"), haproxy_stats_url=params.get("haproxy_stats_url"),
                           haproxy_backend=params.get("haproxy_backend") or "mlflow",
+                          haproxy_servers=params.get("haproxy_servers") or (),
                           username=params.get("username"), password=params.get("password"),
                           transport=transport or transport_from_params(params), clock=clock, rng=rng,
                           request_timeout=params["timeout"], deadline=params["deadline"],

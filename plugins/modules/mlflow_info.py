@@ -40,6 +40,14 @@ options:
     description: The backend (or listen section) in HAProxy's stats that serves MLflow.
     type: str
     default: mlflow
+  haproxy_servers:
+    description:
+      - Names of HAProxy servers (as in the backend, e.g. V(app1)) that must each be up in O(haproxy_backend),
+        besides the count O(min_healthy) asks. A rolling restart waits on this until the restarted server takes
+        traffic again in every load balancer.
+    type: list
+    elements: str
+    default: []
   min_healthy:
     description:
       - Servers that must be healthy (and, with O(haproxy_stats_url), up in HAProxy); V(0) or unset means all of
@@ -228,6 +236,7 @@ def main():
             lb_url=dict(type="str"),
             haproxy_stats_url=dict(type="str"),
             haproxy_backend=dict(type="str", default="mlflow"),
+            haproxy_servers=dict(type="list", elements="str", default=[]),
             min_healthy=dict(type="int"),
             username=dict(type="str"),
             password=dict(type="str", no_log=True),

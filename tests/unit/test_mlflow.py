@@ -806,6 +806,19 @@ class TestInfo:
             "HAProxy backend mlflow has 1 of 3 servers up, 2 required: mlflow1 UP (L7OK), mlflow2 DOWN (L4CON, "
             "Connection refused), mlflow3 MAINT"]
 
+    def test_named_servers_must_be_up_in_haproxy(self, clock, rng):
+        """The rolling restart's gate: the restarted server (by its HAProxy name) takes traffic again; enough
+        other servers being up is not enough."""
+        prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
+                                haproxy_servers=["mlflow1", "mlflow2", "mlflow9"])
+        check = check_servers(prober, min_healthy=1)
+        assert check.look.problems == [
+            "HAProxy does not send traffic to mlflow2 yet: mlflow2 DOWN (L4CON, Connection refused)",
+            "HAProxy backend mlflow has no server mlflow9 (it has: mlflow1, mlflow2, mlflow3)"]
+        prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
+                                haproxy_servers=["mlflow1"])
+        assert check_servers(prober, min_healthy=1).look.problems == []
+
     def test_missing_backend_names_the_ones_there(self, clock, rng):
         prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
                                 haproxy_backend="mlflow_api")
@@ -860,8 +873,8 @@ def version_params(**kw):
 
 def info_params(**kw):
     base = dict(endpoints=list(SERVERS), lb_url=None, haproxy_stats_url=None, haproxy_backend="mlflow",
-                min_healthy=None, username=None, password=None, wait_timeout=0.0, poll_interval=2.0, timeout=5.0,
-                deadline=15.0, max_attempts=2, **TLS)
+                haproxy_servers=[], min_healthy=None, username=None, password=None, wait_timeout=0.0,
+                poll_interval=2.0, timeout=5.0, deadline=15.0, max_attempts=2, **TLS)
     base.update(kw)
     return base
 
