@@ -219,7 +219,7 @@ waited:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import tls_argument_spec
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import mlflow_info
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_health import mlflow_info
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 

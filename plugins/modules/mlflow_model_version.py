@@ -253,8 +253,8 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
     MlflowError,
     client_from_params,
-    register_model_version,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_registration import register_model_version
 
 
 def register(params, check_mode, transport=None, clock=None, rng=None):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from fakes import FakeClock, RouteTransport, ok, refused, timed_out, until
 
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.haproxy import parse_haproxy_csv
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
     Response,
@@ -24,17 +25,18 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
     IDEMPOTENCY_TAG,
     MlflowClient,
     MlflowError,
-    MlflowProber,
     check_artifact_path,
-    check_min_healthy,
-    check_servers,
     derive_idempotency_key,
     filter_literal,
-    parse_haproxy_csv,
     proxy_path,
-    register_model_version,
     version_filter,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_health import (
+    MlflowProber,
+    check_min_healthy,
+    check_servers,
+)
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_registration import register_model_version
 from ansible_collections.mlops.mlflow_ha.plugins.modules import mlflow_info, mlflow_model_version
 
 VIP = "https://10.0.0.100:5000"
