@@ -365,3 +365,23 @@ def _give_up(result: Registration, name: str, key: str, uncertain: bool, spent: 
         text += " A create may have reached a server, so the version may exist; a rerun finds it by its key " \
                 "instead of creating another."
     return text
+
+
+# -- removal ---------------------------------------------------------------------------------------------------
+
+
+def remove_model_versions(client: MlflowClient, name: str, key: str, experiment_id: str = "0",
+                          check_mode: bool = False) -> Dict[str, Any]:
+    """``state: absent``: delete every version of ``name`` carrying ``key`` and the registration runs made for it
+    (runs of ``experiment_id`` tagged with the key; MLflow marks them deleted, ``mlflow gc`` removes them and their
+    artifacts later). Deletes are idempotent: what is gone already counts as removed by someone else, not as a
+    failure. In check mode, reports what it would delete."""
+    versions, endpoint = client.search_versions(name, key)
+    numbers = sorted({v.version for v in versions})
+    runs = [run_id for run_id, _uri in client.search_runs(experiment_id, key)]
+    if not check_mode:
+        numbers = [n for n in numbers if client.delete_version(name, n)]
+        runs = [r for r in runs if client.delete_run(r)]
+    return {"changed": bool(numbers or runs), "name": name, "idempotency_key": key, "removed_versions": numbers,
+            "removed_runs": runs, "endpoint": endpoint}
+

@@ -185,10 +185,12 @@ class FakeMlflow(Transport):
             ("POST", API + "/runs/create"): self.create_run,
             ("POST", API + "/runs/update"): self.update_run,
             ("GET", API + "/runs/get"): self.get_run,
+            ("DELETE", API + "/model-versions/delete"): self.delete_version,
+            ("POST", API + "/runs/delete"): self.delete_run,
         }.get((method, path))
         if handler is None:
             raise AssertionError("unscripted request: %s %s" % (method, path))
-        return handler(query, json.loads(body) if body and method == "POST" else {})
+        return handler(query, json.loads(body) if body and method in ("POST", "DELETE") else {})
 
     def create_model(self, _query, doc):
         if doc["name"] in self.models:
@@ -244,6 +246,19 @@ class FakeMlflow(Transport):
     def update_run(self, _query, doc):
         self.run_status[doc["run_id"]] = doc["status"]
         return mlflow_json({"run_info": {"run_id": doc["run_id"], "status": doc["status"]}})
+
+    def delete_version(self, _query, doc):
+        found = [v for v in self.versions if v["name"] == doc["name"] and str(v["version"]) == doc["version"]]
+        if not found:
+            return mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Model Version not found", 404)
+        self.versions.remove(found[0])
+        return mlflow_json({})
+
+    def delete_run(self, _query, doc):
+        if doc["run_id"] not in self.runs:
+            return mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Run '%s' not found" % doc["run_id"], 404)
+        del self.runs[doc["run_id"]]  # marked deleted: no longer found by an active-runs search
+        return mlflow_json({})
 
     def get_run(self, query, _doc):
         run = query["run_id"][0]
@@ -868,7 +883,7 @@ TLS = dict(ca_path=None, client_cert=None, client_key=None, validate_certs=True)
 def version_params(**kw):
     base = dict(endpoints=[VIP, S1], name="churn", source=SOURCE, artifact=None, artifact_path=None, run_id=None,
                 experiment_id="0", description=None, idempotency_key=None, alias=None, tags=None, username=None,
-                password=None, timeout=10.0, deadline=120.0, max_attempts=5, **TLS)
+                password=None, timeout=10.0, deadline=120.0, max_attempts=5, state="present", **TLS)
     base.update(kw)
     return base
 
@@ -932,10 +947,35 @@ class TestModules:
     def test_model_version_result_matches_return(self, clock, rng):
         server = FakeMlflow(clock)
         result = mlflow_model_version.register(version_params(alias="champion"), False, server, clock, rng)
-        assert set(yaml.safe_load(mlflow_model_version.RETURN)) | {"changed"} == set(result)
+        absent_only = {"removed_versions", "removed_runs"}
+        assert set(yaml.safe_load(mlflow_model_version.RETURN)) - absent_only | {"changed"} == set(result)
         assert result["changed"] and result["version"] == 1 and result["alias_changed"]
         again = mlflow_model_version.register(version_params(alias="champion"), False, server, clock, rng)
         assert not again["changed"] and again["version"] == 1 and again["attempts"] == 0
+
+    def test_absent_removes_the_versions_and_the_registration_run_of_a_key(self, clock, rng, tmp_path):
+        """validate.yml registers a check version and removes it again: no growing trail in the registry."""
+        server = FakeMlflow(clock)
+        model = tmp_path / "model.bin"
+        model.write_bytes(b"check")
+        made = mlflow_model_version.register(version_params(source=None, artifact=str(model), idempotency_key="k1"),
+                                             False, server, clock, rng)
+        assert made["created"] and made["run_created"]
+        server.add_version("churn", key="other")
+        preview = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), True, server,
+                                                clock, rng)
+        assert preview["changed"] and preview["removed_versions"] == [1] and preview["removed_runs"] == [made["run_id"]]
+        writes = len(server.writes())
+        gone = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), False, server,
+                                             clock, rng)
+        assert gone["changed"] and gone["removed_versions"] == [1] and gone["removed_runs"] == [made["run_id"]]
+        assert len(server.writes()) == writes + 2
+        assert [v["tags"].get(IDEMPOTENCY_TAG) for v in server.versions] == ["other"]
+        assert made["run_id"] not in server.runs
+        again = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), False, server,
+                                              clock, rng)
+        assert not again["changed"] and again["removed_versions"] == [] and again["removed_runs"] == []
+        assert set(again) <= set(yaml.safe_load(mlflow_model_version.RETURN)) | {"changed", "endpoint"}
 
     def test_model_version_check_mode(self, clock, rng):
         server = FakeMlflow(clock)
