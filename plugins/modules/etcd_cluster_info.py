@@ -198,10 +198,10 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.etcd import (
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec, watch
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import watch
 
 
 def cluster_info(params, transport=None, clock=None):
@@ -246,27 +246,25 @@ def cluster_info(params, transport=None, clock=None):
     }
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-            min_healthy=dict(type="int"),
-            **wait_argument_spec(),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
+def work(params):
+    """(result, failure sentence or None), the convention of the collection's *_info modules."""
     try:
-        result = cluster_info(module.params)
+        result = cluster_info(params)
     except HttpClientError as err:
-        module.fail_json(msg=str(err), members=[], problems=[str(err)], **err.to_dict())
-    if result["problems"]:
-        waited = " after waiting %.1f s (%d checks)" % (result["waited"], result["checks"]) if result["gave_up"] else ""
-        module.fail_json(msg="etcd cluster is not healthy%s: %s" % (waited, "; ".join(result["problems"])), **result)
-    module.exit_json(**result)
+        return dict(changed=False, members=[], problems=[str(err)], **err.to_dict()), str(err)
+    if not result["problems"]:
+        return result, None
+    waited = " after waiting %.1f s (%d checks)" % (result["waited"], result["checks"]) if result["gave_up"] else ""
+    return result, "etcd cluster is not healthy%s: %s" % (waited, "; ".join(result["problems"]))
+
+
+def main():
+    run_info_module(AnsibleModule, dict(
+        endpoints=dict(type="list", elements="str", required=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+        min_healthy=dict(type="int"),
+    ), work)
 
 
 if __name__ == "__main__":

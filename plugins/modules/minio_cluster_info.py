@@ -180,15 +180,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.minio import (
     MinioClient,
     check_cluster,
     check_expected_nodes,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None, rng=None):
@@ -218,23 +217,13 @@ def cluster_info(params, transport=None, clock=None, rng=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            nodes=dict(type="list", elements="str", required=True),
-            expected_nodes=dict(type="int", default=0),
-            fail_on_degraded=dict(type="bool", default=True),
-            **wait_argument_spec(),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = cluster_info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        nodes=dict(type="list", elements="str", required=True),
+        expected_nodes=dict(type="int", default=0),
+        fail_on_degraded=dict(type="bool", default=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+    ), cluster_info)
 
 
 if __name__ == "__main__":

@@ -198,11 +198,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None):
@@ -230,27 +229,17 @@ def cluster_info(params, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            require_leader=dict(type="bool", default=True),
-            min_replicas=dict(type="int", default=0),
-            require_streaming=dict(type="bool", default=False),
-            max_lag_bytes=dict(type="int"),
-            require_sync_standby=dict(type="bool", default=False),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-            max_attempts=dict(type="int", default=6),
-            **wait_argument_spec(),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = cluster_info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        endpoints=dict(type="list", elements="str", required=True),
+        require_leader=dict(type="bool", default=True),
+        min_replicas=dict(type="int", default=0),
+        require_streaming=dict(type="bool", default=False),
+        max_lag_bytes=dict(type="int"),
+        require_sync_standby=dict(type="bool", default=False),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+        max_attempts=dict(type="int", default=6),
+    ), cluster_info)
 
 
 if __name__ == "__main__":
