@@ -53,13 +53,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; every node must be reachable from there. The health endpoints need no credentials.
   - The quorum is one node's view of the whole cluster; a node cut off from its peers may see less than the rest.

@@ -74,13 +74,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; every server, the VIP and the stats page must be reachable from there.
 """

@@ -917,10 +917,13 @@ def documented_options(module):
     """The module's options with those of the collection's doc fragments it extends."""
     doc = yaml.safe_load(module.DOCUMENTATION)
     options = dict(doc["options"])
+    doc.setdefault("attributes", {})
     for fragment in doc.get("extends_documentation_fragment", []):
         name = fragment.rpartition(".")[2]
         source = importlib.import_module(f"ansible_collections.mlops.mlflow_ha.plugins.doc_fragments.{name}")
-        options.update(yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION)["options"])
+        extra = yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION)
+        options.update(extra.get("options", {}))
+        doc["attributes"].update(extra.get("attributes", {}))
     return doc, options
 
 
