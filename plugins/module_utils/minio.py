@@ -44,6 +44,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
     RetryPolicy,
+    Watched,
     watch,
 )
 
@@ -309,14 +310,11 @@ def assess(look: Look, expected_nodes: int = 0) -> Assessment:
 
 
 @dataclass
-class ClusterCheck:
+class ClusterCheck(Watched):
     """The last look, its judgement, and how it was reached."""
 
     look: Look
     assessment: Assessment
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def write_quorum(self) -> bool:

@@ -36,6 +36,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
     RetryPolicy,
+    Watched,
     watch,
 )
 
@@ -93,14 +94,11 @@ class InfoLook:
 
 
 @dataclass
-class InfoCheck:
+class InfoCheck(Watched):
     """The last look, how many looks it took, and whether waiting gave up."""
 
     look: InfoLook
     min_healthy: int
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def healthy(self) -> List[ServerState]:

@@ -67,6 +67,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import 
     Clock,
     PollTimeout,
     RetryPolicy,
+    Watched,
     poll_until,
     watch,
 )
@@ -609,16 +610,13 @@ def perform_switchover(client: PatroniClient, leader: Optional[str] = None, cand
 
 
 @dataclass
-class HealthCheck:
+class HealthCheck(Watched):
     """One look at the cluster: the view (None when no endpoint answered), its problems, and how we got it."""
 
     cluster: Optional[ClusterView]
     problems: List[str]
     replication: Optional[List[ReplicationRow]] = None
     error: Optional[HttpClientError] = None
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def healthy(self) -> bool:

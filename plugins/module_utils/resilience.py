@@ -169,6 +169,16 @@ def wait_argument_spec() -> Dict[str, Dict[str, Any]]:
     )
 
 
+class Watched:
+    """Base of the observations a module waits on (the *_info modules' check classes): how many checks it took, how
+    long, and whether a requested wait ran out. ``Watch.stamped()`` sets them; until then these class defaults
+    hold. Not dataclass fields, so the check classes keep their own fields in their own order."""
+
+    checks: int = 0
+    waited: float = 0.0
+    gave_up: bool = False
+
+
 @dataclass
 class Watch(Generic[T]):
     """What ``watch`` saw: the last observation, whether the condition held on it, how many checks it took and

@@ -43,6 +43,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
     RetryPolicy,
+    Watched,
     watch,
 )
 
@@ -436,14 +437,11 @@ def volume_server_facts(server: VolumeServer, probe: Optional[Probe]) -> Dict[st
 
 
 @dataclass
-class ClusterCheck:
+class ClusterCheck(Watched):
     """The last look, its judgement, and how it was reached."""
 
     look: Look
     assessment: Assessment
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def quorum(self) -> bool:
