@@ -40,12 +40,8 @@ if cached; then
   exit 0
 fi
 
-GO=${MLFLOW_HA_GO:-$(command -v go || echo /usr/local/go/bin/go)}
-[ -x "$GO" ] || die "etcd: Go not found (looked for 'go' on PATH and /usr/local/go/bin/go; set MLFLOW_HA_GO)"
-export GOTOOLCHAIN=local
 buildlog="$CACHE/build-etcd.log"
-mkdir -p "$CACHE"
-: >"$buildlog"
+go_build_setup etcd "$buildlog"
 
 t0=$(date +%s)
 log "etcd: building etcd and etcdctl $pin with $("$GO" env GOVERSION) (cold Go caches: a few minutes on 2 cores)"

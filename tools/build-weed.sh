@@ -43,13 +43,8 @@ if cached; then
 fi
 [ ! -e "$bin" ] || log "weed: $bin does not match its checksum file, rebuilding"
 
-GO=${MLFLOW_HA_GO:-$(command -v go || echo /usr/local/go/bin/go)}
-[ -x "$GO" ] || die "weed: Go not found (looked for 'go' on PATH and /usr/local/go/bin/go; set MLFLOW_HA_GO)"
-# Build with this machine's toolchain; never fetch another one behind our back.
-export GOTOOLCHAIN=local
 buildlog="$CACHE/build-weed.log"
-mkdir -p "$CACHE"
-: >"$buildlog"
+go_build_setup weed "$buildlog"
 fail() {
   tail -30 "$buildlog" >&2
   die "weed: $1; full log in $buildlog"

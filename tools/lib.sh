@@ -24,3 +24,13 @@ apt_install() {
 
 # Hash of the given files' contents (order matters), short form.
 recipe_hash() { cat "$@" | sha256sum | cut -c1-12; }
+
+# For the builds from Go modules (tools/build-weed.sh, tools/build-etcd.sh): this machine's Go in $GO (never a
+# toolchain fetched behind our back: GOTOOLCHAIN=local), and the build log LOG created empty.
+go_build_setup() {  # go_build_setup NAME LOG
+  GO=${MLFLOW_HA_GO:-$(command -v go || echo /usr/local/go/bin/go)}
+  [ -x "$GO" ] || die "$1: Go not found (looked for 'go' on PATH and /usr/local/go/bin/go; set MLFLOW_HA_GO)"
+  export GO GOTOOLCHAIN=local
+  mkdir -p "$(dirname "$2")"
+  : >"$2"
+}

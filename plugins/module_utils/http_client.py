@@ -15,6 +15,7 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type
 
+import base64
 import http.client
 import json
 import random
@@ -351,6 +352,15 @@ class HttpClient:
                 "[%d] %s -> %s" % (i + 1, a.endpoint, a.outcome) for i, a in enumerate(attempts)) + ".")
         lines.append("Breakers: " + ", ".join("%s %s" % (e, s) for e, s in self.breaker_states().items()) + ".")
         return HttpClientError(" ".join(lines), attempts, self.breaker_states(), response)
+
+
+def basic_auth(username: Optional[str], password: Optional[str]) -> Dict[str, str]:
+    """The Authorization header of HTTP basic auth (MLflow's basic-auth app, Patroni's REST API); empty without a
+    username."""
+    if not username:
+        return {}
+    token = base64.b64encode(("%s:%s" % (username, password or "")).encode("utf-8")).decode("ascii")
+    return {"Authorization": "Basic " + token}
 
 
 def endpoint_list(value: Any) -> Tuple[str, ...]:

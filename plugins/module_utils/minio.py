@@ -43,9 +43,9 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
-    PollTimeout,
     RetryPolicy,
-    poll_until,
+    Watched,
+    watch,
 )
 
 COMPONENT = "MinIO"
@@ -310,14 +310,11 @@ def assess(look: Look, expected_nodes: int = 0) -> Assessment:
 
 
 @dataclass
-class ClusterCheck:
+class ClusterCheck(Watched):
     """The last look, its judgement, and how it was reached."""
 
     look: Look
     assessment: Assessment
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def write_quorum(self) -> bool:
@@ -364,26 +361,12 @@ def check_cluster(client: MinioClient, expected_nodes: int = 0, wait_timeout: fl
     """Look at the cluster until it is healthy (with ``require_healthy`` False: until it has write quorum) or
     ``wait_timeout`` passes; return the last look."""
     expected = check_expected_nodes(expected_nodes, len(client.nodes))
-    clock = client.clock
-    start = clock.now()
-    count = [0]
 
     def observe() -> ClusterCheck:
-        count[0] += 1
         look = client.look()
         return ClusterCheck(look, assess(look, expected))
 
     def done(check: ClusterCheck) -> bool:
         return not check.degraded if require_healthy else check.write_quorum
 
-    try:
-        check, _waited = poll_until(observe, done, wait_timeout, poll_interval,
-                                    "a healthy MinIO cluster" if require_healthy else "MinIO write quorum", clock)
-    except PollTimeout as err:
-        if not isinstance(err.last, ClusterCheck):
-            raise
-        check = err.last
-        check.gave_up = wait_timeout > 0
-    check.checks = count[0]
-    check.waited = clock.now() - start
-    return check
+    return watch(observe, done, wait_timeout, poll_interval, client.clock).stamped()

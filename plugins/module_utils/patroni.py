@@ -49,7 +49,6 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type
 
-import base64
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -61,13 +60,16 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     Transport,
     TransportError,
     UrllibTransport,
+    basic_auth,
     excerpt,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
     PollTimeout,
     RetryPolicy,
+    Watched,
     poll_until,
+    watch,
 )
 
 COMPONENT = "Patroni REST API"
@@ -457,10 +459,7 @@ class PatroniClient:
                                                     deadline=write_timeout + 5.0),
                                  request_timeout=write_timeout, transport=self.transport, clock=self.clock,
                                  rng=self.rng, headers={"Accept": "application/json"})
-        self.auth: Dict[str, str] = {}
-        if username:
-            token = base64.b64encode(("%s:%s" % (username, password or "")).encode("utf-8")).decode("ascii")
-            self.auth = {"Authorization": "Basic " + token}
+        self.auth: Dict[str, str] = basic_auth(username, password)
 
     def cluster(self) -> ClusterView:
         response = self.http.request("GET", "/cluster")
@@ -611,15 +610,13 @@ def perform_switchover(client: PatroniClient, leader: Optional[str] = None, cand
 
 
 @dataclass
-class HealthCheck:
+class HealthCheck(Watched):
     """One look at the cluster: the view (None when no endpoint answered), its problems, and how we got it."""
 
     cluster: Optional[ClusterView]
     problems: List[str]
     replication: Optional[List[ReplicationRow]] = None
     error: Optional[HttpClientError] = None
-    checks: int = 0
-    waited: float = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -634,6 +631,7 @@ class HealthCheck:
             "endpoint": self.cluster.endpoint if self.cluster is not None else None,
             "checks": self.checks,
             "waited": round(self.waited, 3),
+            "gave_up": self.gave_up,
         })
         return facts
 
@@ -645,12 +643,8 @@ def check_health(client: PatroniClient, min_replicas: int = 0, require_streaming
 
     An unreachable REST API is an observation too (its error text is the problem), so a wait survives
     Patroni restarting. The leader's replication view is read only when streaming is required."""
-    clock = client.clock
-    start = clock.now()
-    count = [0]
 
     def observe() -> HealthCheck:
-        count[0] += 1
         try:
             cluster = client.cluster()
         except HttpClientError as err:
@@ -661,11 +655,4 @@ def check_health(client: PatroniClient, min_replicas: int = 0, require_streaming
                           replication=replication, replication_error=replication_error)
         return HealthCheck(cluster, problems, replication)
 
-    try:
-        look, _waited = poll_until(observe, lambda h: h.healthy, wait_timeout, poll_interval,
-                                   "a healthy Patroni cluster", clock)
-    except PollTimeout as err:
-        look = err.last if isinstance(err.last, HealthCheck) else HealthCheck(None, [str(err)])
-    look.checks = count[0]
-    look.waited = clock.now() - start
-    return look
+    return watch(observe, lambda h: h.healthy, wait_timeout, poll_interval, client.clock).stamped()

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -169,6 +169,60 @@ def wait_argument_spec() -> Dict[str, Dict[str, Any]]:
     )
 
 
+class Watched:
+    """Base of the observations a module waits on (the *_info modules' check classes): how many checks it took, how
+    long, and whether a requested wait ran out. ``Watch.stamped()`` sets them; until then these class defaults
+    hold. Not dataclass fields, so the check classes keep their own fields in their own order."""
+
+    checks: int = 0
+    waited: float = 0.0
+    gave_up: bool = False
+
+
+@dataclass
+class Watch(Generic[T]):
+    """What ``watch`` saw: the last observation, whether the condition held on it, how many checks it took and
+    how long, and whether a wait that was asked for ran out (``gave_up``; False when no wait was asked)."""
+
+    last: T
+    held: bool
+    checks: int
+    waited: float
+    gave_up: bool
+
+    def stamped(self) -> T:
+        """The last observation carrying ``checks``, ``waited`` and ``gave_up``: the convention of every
+        ``*_info`` module, whose observation classes have those three fields and report them as facts."""
+        self.last.checks = self.checks
+        self.last.waited = self.waited
+        self.last.gave_up = self.gave_up
+        return self.last
+
+
+def watch(
+    observe: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float,
+    interval: float,
+    clock: Optional[Clock] = None,
+) -> Watch[T]:
+    """Call ``observe`` every ``interval`` seconds until ``done(observation)`` holds or ``timeout`` would pass
+    before the next check, and return what was seen. Never raises for time: a module reports the last look
+    (its problems name what is wrong) rather than an exception. The check always runs at least once."""
+    clock = clock or Clock()
+    start = clock.now()
+    checks = 0
+    while True:
+        last = observe()
+        checks += 1
+        elapsed = clock.now() - start
+        if done(last):
+            return Watch(last, True, checks, elapsed, False)
+        if elapsed + interval > timeout:
+            return Watch(last, False, checks, elapsed, timeout > 0)
+        clock.sleep(interval)
+
+
 def poll_until(
     observe: Callable[[], T],
     done: Callable[[T], bool],
@@ -177,23 +231,12 @@ def poll_until(
     what: str,
     clock: Optional[Clock] = None,
 ) -> Tuple[T, float]:
-    """Call ``observe`` every ``interval`` seconds until ``done(observation)`` holds.
-
-    Returns ``(observation, seconds_waited)``; raises ``PollTimeout`` with the last observation when
-    ``timeout`` passes first. The check always runs at least once.
-    """
-    clock = clock or Clock()
-    start = clock.now()
-    polls = 0
-    while True:
-        last = observe()
-        polls += 1
-        elapsed = clock.now() - start
-        if done(last):
-            return last, elapsed
-        if elapsed + interval > timeout:
-            raise PollTimeout(what, timeout, last, polls)
-        clock.sleep(interval)
+    """``watch`` for callers that need the condition: returns ``(observation, seconds_waited)``; raises
+    ``PollTimeout`` with the last observation when ``timeout`` passes first."""
+    seen = watch(observe, done, timeout, interval, clock)
+    if not seen.held:
+        raise PollTimeout(what, timeout, seen.last, seen.checks)
+    return seen.last, seen.waited
 
 
 class RetryError(Exception):

@@ -42,9 +42,9 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
-    PollTimeout,
     RetryPolicy,
-    poll_until,
+    Watched,
+    watch,
 )
 
 COMPONENT = "SeaweedFS master"
@@ -437,14 +437,11 @@ def volume_server_facts(server: VolumeServer, probe: Optional[Probe]) -> Dict[st
 
 
 @dataclass
-class ClusterCheck:
+class ClusterCheck(Watched):
     """The last look, its judgement, and how it was reached."""
 
     look: Look
     assessment: Assessment
-    checks: int = 0
-    waited: float = 0.0
-    gave_up: bool = False
 
     @property
     def quorum(self) -> bool:
@@ -499,13 +496,9 @@ def check_cluster(client: SeaweedClient, expected_volume_servers: int = 0, wait_
     """Look at the cluster until it is healthy (with ``require_healthy`` False: until it has quorum) or
     ``wait_timeout`` passes; return the last look. Volume servers seen in one look and missing from a later
     one are named in the later look's problems."""
-    clock = client.clock
-    start = clock.now()
     seen: Dict[str, None] = {}  # every volume server registered in some look, in order of first sight
-    count = [0]
 
     def observe() -> ClusterCheck:
-        count[0] += 1
         look = client.look()
         gone: List[str] = []
         if look.topology is not None:
@@ -517,14 +510,4 @@ def check_cluster(client: SeaweedClient, expected_volume_servers: int = 0, wait_
     def done(check: ClusterCheck) -> bool:
         return not check.degraded if require_healthy else check.quorum
 
-    try:
-        check, _waited = poll_until(observe, done, wait_timeout, poll_interval,
-                                    "a healthy SeaweedFS cluster" if require_healthy else "SeaweedFS quorum", clock)
-    except PollTimeout as err:
-        if not isinstance(err.last, ClusterCheck):
-            raise
-        check = err.last
-        check.gave_up = wait_timeout > 0
-    check.checks = count[0]
-    check.waited = clock.now() - start
-    return check
+    return watch(observe, done, wait_timeout, poll_interval, client.clock).stamped()

@@ -45,13 +45,8 @@ options:
     type: int
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.wait
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; the advertised client URLs must be reachable from there.
   - Learners are listed but do not count towards quorum.
@@ -172,6 +167,18 @@ problems:
   type: list
   elements: str
   sample: ["no quorum: 1 of 3 members answer (need 2): pg2 connection refused, pg3 timed out"]
+checks:
+  description: How many times the cluster was looked at.
+  returned: always
+  type: int
+waited:
+  description: Seconds spent looking.
+  returned: always
+  type: float
+gave_up:
+  description: True when O(wait_timeout) ran out before the cluster was healthy (false when no wait was asked).
+  returned: always
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -185,13 +192,15 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.etcd import (
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import watch
 
 
 def cluster_info(params, transport=None, clock=None):
-    """Return the module result; raise HttpClientError when no endpoint lists the members."""
+    """Return the module result, after looking until the cluster is healthy or O(wait_timeout) passes; raise
+    HttpClientError when, at the last look, no endpoint lists the members."""
     client = EtcdClient(
         endpoint_list(params["endpoints"]),
         transport=transport or transport_from_params(params),
@@ -199,8 +208,21 @@ def cluster_info(params, transport=None, clock=None):
         request_timeout=params["timeout"],
         deadline=params["deadline"],
     )
-    snapshot = client.snapshot()
-    report = assess_quorum(snapshot, params["min_healthy"])
+
+    def observe():
+        try:
+            snapshot = client.snapshot()
+        except HttpClientError as err:  # no member list at all: an observation too, while waiting
+            return err
+        return snapshot, assess_quorum(snapshot, params["min_healthy"])
+
+    def healthy(look) -> bool:
+        return not isinstance(look, HttpClientError) and not look[1].problems
+
+    seen = watch(observe, healthy, params["wait_timeout"], params["poll_interval"], client.clock)
+    if isinstance(seen.last, HttpClientError):
+        raise seen.last
+    snapshot, report = seen.last
     leader = report.leader
     return {
         "changed": False,
@@ -212,28 +234,31 @@ def cluster_info(params, transport=None, clock=None):
         "quorum": report.quorum,
         "cluster_id": hex_id(snapshot.cluster_id),
         "problems": report.problems,
+        "checks": seen.checks,
+        "waited": round(seen.waited, 3),
+        "gave_up": seen.gave_up,
     }
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-            min_healthy=dict(type="int"),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
+def work(params):
+    """(result, failure sentence or None), the convention of the collection's *_info modules."""
     try:
-        result = cluster_info(module.params)
+        result = cluster_info(params)
     except HttpClientError as err:
-        module.fail_json(msg=str(err), members=[], problems=[str(err)], **err.to_dict())
-    if result["problems"]:
-        module.fail_json(msg="etcd cluster is not healthy: " + "; ".join(result["problems"]), **result)
-    module.exit_json(**result)
+        return dict(changed=False, members=[], problems=[str(err)], **err.to_dict()), str(err)
+    if not result["problems"]:
+        return result, None
+    waited = " after waiting %.1f s (%d checks)" % (result["waited"], result["checks"]) if result["gave_up"] else ""
+    return result, "etcd cluster is not healthy%s: %s" % (waited, "; ".join(result["problems"]))
+
+
+def main():
+    run_info_module(AnsibleModule, dict(
+        endpoints=dict(type="list", elements="str", required=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+        min_healthy=dict(type="int"),
+    ), work)
 
 
 if __name__ == "__main__":

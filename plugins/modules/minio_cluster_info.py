@@ -53,13 +53,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; every node must be reachable from there. The health endpoints need no credentials.
   - The quorum is one node's view of the whole cluster; a node cut off from its peers may see less than the rest.
@@ -180,15 +174,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.minio import (
     MinioClient,
     check_cluster,
     check_expected_nodes,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None, rng=None):
@@ -218,23 +211,13 @@ def cluster_info(params, transport=None, clock=None, rng=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            nodes=dict(type="list", elements="str", required=True),
-            expected_nodes=dict(type="int", default=0),
-            fail_on_degraded=dict(type="bool", default=True),
-            **wait_argument_spec(),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = cluster_info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        nodes=dict(type="list", elements="str", required=True),
+        expected_nodes=dict(type="int", default=0),
+        fail_on_degraded=dict(type="bool", default=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+    ), cluster_info)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,14 @@ options:
     description: The backend (or listen section) in HAProxy's stats that serves MLflow.
     type: str
     default: mlflow
+  haproxy_servers:
+    description:
+      - Names of HAProxy servers (as in the backend, e.g. V(app1)) that must each be up in O(haproxy_backend),
+        besides the count O(min_healthy) asks. A rolling restart waits on this until the restarted server takes
+        traffic again in every load balancer.
+    type: list
+    elements: str
+    default: []
   min_healthy:
     description:
       - Servers that must be healthy (and, with O(haproxy_stats_url), up in HAProxy); V(0) or unset means all of
@@ -66,13 +74,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; every server, the VIP and the stats page must be reachable from there.
 """
@@ -210,9 +212,8 @@ waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import tls_argument_spec
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import mlflow_info
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_health import mlflow_info
 
 
 def info(params, transport=None, clock=None, rng=None):
@@ -221,29 +222,19 @@ def info(params, transport=None, clock=None, rng=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            lb_url=dict(type="str"),
-            haproxy_stats_url=dict(type="str"),
-            haproxy_backend=dict(type="str", default="mlflow"),
-            min_healthy=dict(type="int"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
-            **wait_argument_spec(),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=15),
-            max_attempts=dict(type="int", default=2),
-        ),
-        required_together=[("username", "password")],
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        endpoints=dict(type="list", elements="str", required=True),
+        lb_url=dict(type="str"),
+        haproxy_stats_url=dict(type="str"),
+        haproxy_backend=dict(type="str", default="mlflow"),
+        haproxy_servers=dict(type="list", elements="str", default=[]),
+        min_healthy=dict(type="int"),
+        username=dict(type="str"),
+        password=dict(type="str", no_log=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=15),
+        max_attempts=dict(type="int", default=2),
+    ), info, required_together=[("username", "password")])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ options:
     required: true
   source:
     description:
+      - Required (or O(artifact)) with O(state=present).
       - Where the model is, e.g. V(runs:/<run_id>/model), V(models:/<model_id>) or V(s3://mlflow/models/churn).
       - MLflow 3.17 refuses a local path (V(models/churn), V(/srv/churn), V(file:///...)) and a source in its own
         artifact store (V(mlflow-artifacts:/...)) unless O(run_id) names the run whose artifact root contains it.
@@ -100,6 +101,15 @@ options:
         search, upload or create over all O(endpoints).
     type: int
     default: 5
+  state:
+    description:
+      - V(present) registers the version (the default). V(absent) deletes every version of O(name) carrying
+        O(idempotency_key), and the registration runs made for that key in O(experiment_id) (MLflow marks runs
+        deleted; C(mlflow gc) removes them and their artifacts later). With V(absent), O(idempotency_key) is
+        required and O(source) and O(artifact) are not used.
+    type: str
+    choices: [present, absent]
+    default: present
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
 attributes:
@@ -142,9 +152,26 @@ EXAMPLES = r"""
     that:
       - uploaded.artifact_verified or not uploaded.created
       - uploaded.duplicates == []
+
+- name: Remove a check registration again (its versions and its registration run)
+  mlops.mlflow_ha.mlflow_model_version:
+    endpoints: ["https://{{ lb_vip }}:5000"]
+    name: smoke-test
+    idempotency_key: "{{ uploaded.idempotency_key }}"
+    state: absent
 """
 
 RETURN = r"""
+removed_versions:
+  description: With O(state=absent), the version numbers deleted (or that would be, in check mode).
+  returned: when state is absent
+  type: list
+  elements: int
+removed_runs:
+  description: With O(state=absent), the registration runs marked deleted (or that would be, in check mode).
+  returned: when state is absent
+  type: list
+  elements: str
 name:
   description: The registered model.
   returned: always
@@ -253,13 +280,19 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
     MlflowError,
     client_from_params,
+)
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_registration import (
     register_model_version,
+    remove_model_versions,
 )
 
 
 def register(params, check_mode, transport=None, clock=None, rng=None):
     """Return the module result; raise MlflowError, HttpClientError or ValueError."""
     client = client_from_params(params, transport=transport, clock=clock, rng=rng)
+    if params["state"] == "absent":
+        return remove_model_versions(client, params["name"], params["idempotency_key"],
+                                     experiment_id=params["experiment_id"], check_mode=check_mode)
     done = register_model_version(
         client, params["name"], source=params["source"], artifact=params["artifact"],
         artifact_path=params["artifact_path"], run_id=params["run_id"], description=params["description"],
@@ -288,9 +321,10 @@ def main():
             timeout=dict(type="float", default=10),
             deadline=dict(type="float", default=120),
             max_attempts=dict(type="int", default=5),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         mutually_exclusive=[("source", "artifact")],
-        required_one_of=[("source", "artifact")],
+        required_if=[("state", "present", ("source", "artifact"), True), ("state", "absent", ("idempotency_key",))],
         required_together=[("username", "password")],
         required_by={"client_key": "client_cert"},
         supports_check_mode=True,
@@ -303,7 +337,7 @@ def main():
         module.fail_json(msg=str(err), **err.to_dict())
     except ValueError as err:
         module.fail_json(msg=str(err))
-    if result["duplicates"]:
+    if result.get("duplicates"):
         module.warn("versions %s of model %s carry the idempotency key %s too; version %s is the one returned"
                     % (", ".join(str(v) for v in result["duplicates"]), result["name"], result["idempotency_key"],
                        result["version"]))

@@ -66,13 +66,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 """
 
 EXAMPLES = r"""
@@ -188,17 +182,20 @@ waited:
   description: Seconds spent looking.
   returned: always
   type: float
+gave_up:
+  description: True when O(wait_timeout) ran out before the cluster was healthy (false when no wait was asked).
+  returned: always
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
 
 
 def cluster_info(params, transport=None, clock=None):
@@ -220,33 +217,23 @@ def cluster_info(params, transport=None, clock=None):
         result.update(look.error.to_dict())
         return result, str(look.error)
     if look.problems:
-        waited = " after waiting %.1f s" % look.waited if params["wait_timeout"] > 0 else ""
+        waited = " after waiting %.1f s (%d checks)" % (look.waited, look.checks) if look.gave_up else ""
         return result, "Patroni cluster is not healthy%s: %s" % (waited, "; ".join(look.problems))
     return result, None
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            require_leader=dict(type="bool", default=True),
-            min_replicas=dict(type="int", default=0),
-            require_streaming=dict(type="bool", default=False),
-            max_lag_bytes=dict(type="int"),
-            require_sync_standby=dict(type="bool", default=False),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-            max_attempts=dict(type="int", default=6),
-            **wait_argument_spec(),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = cluster_info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        endpoints=dict(type="list", elements="str", required=True),
+        require_leader=dict(type="bool", default=True),
+        min_replicas=dict(type="int", default=0),
+        require_streaming=dict(type="bool", default=False),
+        max_lag_bytes=dict(type="int"),
+        require_sync_standby=dict(type="bool", default=False),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+        max_attempts=dict(type="int", default=6),
+    ), cluster_info)
 
 
 if __name__ == "__main__":

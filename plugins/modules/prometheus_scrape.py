@@ -58,13 +58,7 @@ options:
     default: 6
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; delegate it to the host that Prometheus would scrape from to test reachability.
 """

@@ -69,13 +69,7 @@ options:
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
-attributes:
-  check_mode:
-    support: full
-    description: Only reads; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - mlops.mlflow_ha.info
 notes:
   - Runs where the task runs; masters, filers, gateways and (with O(check_volume_servers)) the volume servers'
     registered addresses must be reachable from there.
@@ -278,10 +272,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     endpoint_list,
-    tls_argument_spec,
     transport_from_params,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import wait_argument_spec
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.seaweedfs import SeaweedClient, check_cluster
 
 
@@ -311,26 +304,16 @@ def cluster_info(params, transport=None, clock=None, rng=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            masters=dict(type="list", elements="str", required=True),
-            filers=dict(type="list", elements="str", default=[]),
-            s3=dict(type="list", elements="str", default=[]),
-            expected_volume_servers=dict(type="int", default=0),
-            check_volume_servers=dict(type="bool", default=True),
-            fail_on_degraded=dict(type="bool", default=True),
-            **wait_argument_spec(),
-            timeout=dict(type="float", default=5),
-            deadline=dict(type="float", default=30),
-        ),
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
-    result, failure = cluster_info(module.params)
-    if failure:
-        module.fail_json(msg=failure, **result)
-    module.exit_json(**result)
+    run_info_module(AnsibleModule, dict(
+        masters=dict(type="list", elements="str", required=True),
+        filers=dict(type="list", elements="str", default=[]),
+        s3=dict(type="list", elements="str", default=[]),
+        expected_volume_servers=dict(type="int", default=0),
+        check_volume_servers=dict(type="bool", default=True),
+        fail_on_degraded=dict(type="bool", default=True),
+        timeout=dict(type="float", default=5),
+        deadline=dict(type="float", default=30),
+    ), cluster_info)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ class TestQuorum:
 
 def params(**kw):
     base = dict(endpoints=[U1, U2], ca_path=None, client_cert=None, client_key=None, validate_certs=True,
-                timeout=5.0, deadline=30.0, min_healthy=None)
+                timeout=5.0, deadline=30.0, min_healthy=None, wait_timeout=0.0, poll_interval=2.0)
     base.update(kw)
     return base
 
@@ -249,6 +249,26 @@ class TestModule:
         assert first["client_urls"] == [U1] and first["peer_urls"] == ["https://10.0.0.11:2380"]
         assert result["members"][1]["is_leader"] is False and result["members"][1]["leader_id"] == "8e9e05c52164694d"
         assert result["cluster_id"] == format(int(CLUSTER_ID), "x")
+
+    def test_waits_until_the_cluster_is_healthy(self, clock):
+        """A member still starting (refused) at the first look and healthy at the second: with a wait, the module
+        looks again and reports how long it took; without one, it reports the problem at once."""
+        starting = {"POST %s/v3/maintenance/status" % U3: [refused(), refused(), status(ID3)]}
+        once = etcd_cluster_info.cluster_info(params(min_healthy=3), RouteTransport(clock, routes(more=starting)),
+                                              clock)
+        assert once["problems"] and once["checks"] == 1 and once["gave_up"] is False
+        starting = {"POST %s/v3/maintenance/status" % U3: [refused(), refused(), status(ID3)]}
+        waited = etcd_cluster_info.cluster_info(params(min_healthy=3, wait_timeout=30, poll_interval=2),
+                                                RouteTransport(clock, routes(more=starting)), clock)
+        assert waited["problems"] == [] and waited["checks"] == 2 and waited["gave_up"] is False
+        assert waited["waited"] >= 2
+
+    def test_a_wait_that_runs_out_says_so(self, clock):
+        transport = RouteTransport(clock, routes(s3=refused()))
+        result = etcd_cluster_info.cluster_info(params(min_healthy=3, wait_timeout=6, poll_interval=2), transport,
+                                                clock)
+        assert result["problems"] and result["gave_up"] is True
+        assert result["checks"] >= 3 and result["waited"] >= 4
 
     def test_result_names_problems_and_failed_members(self, clock):
         transport = RouteTransport(clock, routes(s2=refused(), s3=refused()))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from fakes import FakeClock, RouteTransport, ok, refused, timed_out, until
 
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.haproxy import parse_haproxy_csv
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClientError,
     Response,
@@ -24,17 +25,18 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
     IDEMPOTENCY_TAG,
     MlflowClient,
     MlflowError,
-    MlflowProber,
     check_artifact_path,
-    check_min_healthy,
-    check_servers,
     derive_idempotency_key,
     filter_literal,
-    parse_haproxy_csv,
     proxy_path,
-    register_model_version,
     version_filter,
 )
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_health import (
+    MlflowProber,
+    check_min_healthy,
+    check_servers,
+)
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_registration import register_model_version
 from ansible_collections.mlops.mlflow_ha.plugins.modules import mlflow_info, mlflow_model_version
 
 VIP = "https://10.0.0.100:5000"
@@ -183,10 +185,12 @@ class FakeMlflow(Transport):
             ("POST", API + "/runs/create"): self.create_run,
             ("POST", API + "/runs/update"): self.update_run,
             ("GET", API + "/runs/get"): self.get_run,
+            ("DELETE", API + "/model-versions/delete"): self.delete_version,
+            ("POST", API + "/runs/delete"): self.delete_run,
         }.get((method, path))
         if handler is None:
             raise AssertionError("unscripted request: %s %s" % (method, path))
-        return handler(query, json.loads(body) if body and method == "POST" else {})
+        return handler(query, json.loads(body) if body and method in ("POST", "DELETE") else {})
 
     def create_model(self, _query, doc):
         if doc["name"] in self.models:
@@ -242,6 +246,19 @@ class FakeMlflow(Transport):
     def update_run(self, _query, doc):
         self.run_status[doc["run_id"]] = doc["status"]
         return mlflow_json({"run_info": {"run_id": doc["run_id"], "status": doc["status"]}})
+
+    def delete_version(self, _query, doc):
+        found = [v for v in self.versions if v["name"] == doc["name"] and str(v["version"]) == doc["version"]]
+        if not found:
+            return mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Model Version not found", 404)
+        self.versions.remove(found[0])
+        return mlflow_json({})
+
+    def delete_run(self, _query, doc):
+        if doc["run_id"] not in self.runs:
+            return mlflow_fail("RESOURCE_DOES_NOT_EXIST", "Run '%s' not found" % doc["run_id"], 404)
+        del self.runs[doc["run_id"]]  # marked deleted: no longer found by an active-runs search
+        return mlflow_json({})
 
     def get_run(self, query, _doc):
         run = query["run_id"][0]
@@ -806,6 +823,19 @@ class TestInfo:
             "HAProxy backend mlflow has 1 of 3 servers up, 2 required: mlflow1 UP (L7OK), mlflow2 DOWN (L4CON, "
             "Connection refused), mlflow3 MAINT"]
 
+    def test_named_servers_must_be_up_in_haproxy(self, clock, rng):
+        """The rolling restart's gate: the restarted server (by its HAProxy name) takes traffic again; enough
+        other servers being up is not enough."""
+        prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
+                                haproxy_servers=["mlflow1", "mlflow2", "mlflow9"])
+        check = check_servers(prober, min_healthy=1)
+        assert check.look.problems == [
+            "HAProxy does not send traffic to mlflow2 yet: mlflow2 DOWN (L4CON, Connection refused)",
+            "HAProxy backend mlflow has no server mlflow9 (it has: mlflow1, mlflow2, mlflow3)"]
+        prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
+                                haproxy_servers=["mlflow1"])
+        assert check_servers(prober, min_healthy=1).look.problems == []
+
     def test_missing_backend_names_the_ones_there(self, clock, rng):
         prober, _t = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), haproxy_stats_url=STATS,
                                 haproxy_backend="mlflow_api")
@@ -853,15 +883,15 @@ TLS = dict(ca_path=None, client_cert=None, client_key=None, validate_certs=True)
 def version_params(**kw):
     base = dict(endpoints=[VIP, S1], name="churn", source=SOURCE, artifact=None, artifact_path=None, run_id=None,
                 experiment_id="0", description=None, idempotency_key=None, alias=None, tags=None, username=None,
-                password=None, timeout=10.0, deadline=120.0, max_attempts=5, **TLS)
+                password=None, timeout=10.0, deadline=120.0, max_attempts=5, state="present", **TLS)
     base.update(kw)
     return base
 
 
 def info_params(**kw):
     base = dict(endpoints=list(SERVERS), lb_url=None, haproxy_stats_url=None, haproxy_backend="mlflow",
-                min_healthy=None, username=None, password=None, wait_timeout=0.0, poll_interval=2.0, timeout=5.0,
-                deadline=15.0, max_attempts=2, **TLS)
+                haproxy_servers=[], min_healthy=None, username=None, password=None, wait_timeout=0.0,
+                poll_interval=2.0, timeout=5.0, deadline=15.0, max_attempts=2, **TLS)
     base.update(kw)
     return base
 
@@ -887,10 +917,13 @@ def documented_options(module):
     """The module's options with those of the collection's doc fragments it extends."""
     doc = yaml.safe_load(module.DOCUMENTATION)
     options = dict(doc["options"])
+    doc.setdefault("attributes", {})
     for fragment in doc.get("extends_documentation_fragment", []):
         name = fragment.rpartition(".")[2]
         source = importlib.import_module(f"ansible_collections.mlops.mlflow_ha.plugins.doc_fragments.{name}")
-        options.update(yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION)["options"])
+        extra = yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION)
+        options.update(extra.get("options", {}))
+        doc["attributes"].update(extra.get("attributes", {}))
     return doc, options
 
 
@@ -917,10 +950,35 @@ class TestModules:
     def test_model_version_result_matches_return(self, clock, rng):
         server = FakeMlflow(clock)
         result = mlflow_model_version.register(version_params(alias="champion"), False, server, clock, rng)
-        assert set(yaml.safe_load(mlflow_model_version.RETURN)) | {"changed"} == set(result)
+        absent_only = {"removed_versions", "removed_runs"}
+        assert set(yaml.safe_load(mlflow_model_version.RETURN)) - absent_only | {"changed"} == set(result)
         assert result["changed"] and result["version"] == 1 and result["alias_changed"]
         again = mlflow_model_version.register(version_params(alias="champion"), False, server, clock, rng)
         assert not again["changed"] and again["version"] == 1 and again["attempts"] == 0
+
+    def test_absent_removes_the_versions_and_the_registration_run_of_a_key(self, clock, rng, tmp_path):
+        """validate.yml registers a check version and removes it again: no growing trail in the registry."""
+        server = FakeMlflow(clock)
+        model = tmp_path / "model.bin"
+        model.write_bytes(b"check")
+        made = mlflow_model_version.register(version_params(source=None, artifact=str(model), idempotency_key="k1"),
+                                             False, server, clock, rng)
+        assert made["created"] and made["run_created"]
+        server.add_version("churn", key="other")
+        preview = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), True, server,
+                                                clock, rng)
+        assert preview["changed"] and preview["removed_versions"] == [1] and preview["removed_runs"] == [made["run_id"]]
+        writes = len(server.writes())
+        gone = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), False, server,
+                                             clock, rng)
+        assert gone["changed"] and gone["removed_versions"] == [1] and gone["removed_runs"] == [made["run_id"]]
+        assert len(server.writes()) == writes + 2
+        assert [v["tags"].get(IDEMPOTENCY_TAG) for v in server.versions] == ["other"]
+        assert made["run_id"] not in server.runs
+        again = mlflow_model_version.register(version_params(idempotency_key="k1", state="absent"), False, server,
+                                              clock, rng)
+        assert not again["changed"] and again["removed_versions"] == [] and again["removed_runs"] == []
+        assert set(again) <= set(yaml.safe_load(mlflow_model_version.RETURN)) | {"changed", "endpoint"}
 
     def test_model_version_check_mode(self, clock, rng):
         server = FakeMlflow(clock)

@@ -17,6 +17,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import 
     PollTimeout,
     RetryPolicy,
     poll_until,
+    watch,
 )
 
 
@@ -154,6 +155,30 @@ class TestCircuitBreaker:
         for t in threads:
             t.join()
         assert allowed.count(True) == 1, allowed
+
+
+class TestWatch:
+    def test_reports_the_look_that_held_and_how_it_got_there(self, clock):
+        values = iter([1, 2, 3, 4])
+        seen = watch(lambda: next(values), lambda v: v >= 3, timeout=10, interval=1, clock=clock)
+        assert (seen.last, seen.held, seen.checks, seen.waited, seen.gave_up) == (3, True, 3, 2, False)
+
+    def test_a_wait_that_runs_out_returns_the_last_look_and_gives_up(self, clock):
+        seen = watch(lambda: "down", lambda v: v == "up", timeout=5, interval=2, clock=clock)
+        assert (seen.last, seen.held, seen.checks, seen.gave_up) == ("down", False, 3, True)
+
+    def test_no_wait_asked_is_not_giving_up(self, clock):
+        seen = watch(lambda: "down", lambda v: v == "up", timeout=0, interval=2, clock=clock)
+        assert (seen.checks, seen.held, seen.gave_up) == (1, False, False)
+
+    def test_stamped_puts_the_counts_on_the_observation(self, clock):
+        class Look:
+            checks = 0
+            waited = 0.0
+            gave_up = False
+
+        look = watch(Look, lambda v: False, timeout=3, interval=1, clock=clock).stamped()
+        assert (look.checks, look.waited, look.gave_up) == (4, 3, True)
 
 
 class TestPollUntil:
