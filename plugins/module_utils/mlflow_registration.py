@@ -384,4 +384,3 @@ def remove_model_versions(client: MlflowClient, name: str, key: str, experiment_
         runs = [r for r in runs if client.delete_run(r)]
     return {"changed": bool(numbers or runs), "name": name, "idempotency_key": key, "removed_versions": numbers,
             "removed_runs": runs, "endpoint": endpoint}
-
