@@ -312,7 +312,4 @@ def mlflow_info(params: Mapping[str, Any], transport: Optional[Transport] = None
     result = dict(changed=False, **check.to_dict())
     if not check.look.problems:
         return result, None
-    waited = ""
-    if check.gave_up:
-        waited = " after waiting %.1f s (%d checks; last look: %s)" % (check.waited, check.checks, check.summary())
-    return result, "MLflow is not healthy%s: %s" % (waited, "; ".join(check.look.problems))
+    return result, "MLflow is not healthy%s: %s" % (check.waited_clause(), "; ".join(check.look.problems))

@@ -178,6 +178,23 @@ class Watched:
     waited: float = 0.0
     gave_up: bool = False
 
+    def summary(self) -> Optional[str]:
+        """The look in one line for a failure sentence; None when the module has none."""
+        return None
+
+    def waited_clause(self) -> str:
+        """What a failure sentence says about the wait (see ``waited_clause``)."""
+        return waited_clause(self.gave_up, self.waited, self.checks, self.summary() if self.gave_up else None)
+
+
+def waited_clause(gave_up: bool, waited: float, checks: int, last_look: Optional[str] = None) -> str:
+    """`` after waiting 12.0 s (6 checks; last look: ...)`` for a module's failure sentence when a requested wait
+    ran out; empty when no wait was asked or the condition held."""
+    if not gave_up:
+        return ""
+    detail = "%d checks" % checks + ("; last look: %s" % last_look if last_look else "")
+    return " after waiting %.1f s (%s)" % (waited, detail)
+
 
 @dataclass
 class Watch(Generic[T]):

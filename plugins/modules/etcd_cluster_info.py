@@ -195,7 +195,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import watch
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import waited_clause, watch
 
 
 def cluster_info(params, transport=None, clock=None):
@@ -248,7 +248,7 @@ def work(params):
         return dict(changed=False, members=[], problems=[str(err)], **err.to_dict()), str(err)
     if not result["problems"]:
         return result, None
-    waited = " after waiting %.1f s (%d checks)" % (result["waited"], result["checks"]) if result["gave_up"] else ""
+    waited = waited_clause(result["gave_up"], result["waited"], result["checks"])
     return result, "etcd cluster is not healthy%s: %s" % (waited, "; ".join(result["problems"]))
 
 

@@ -217,8 +217,7 @@ def cluster_info(params, transport=None, clock=None):
         result.update(look.error.to_dict())
         return result, str(look.error)
     if look.problems:
-        waited = " after waiting %.1f s (%d checks)" % (look.waited, look.checks) if look.gave_up else ""
-        return result, "Patroni cluster is not healthy%s: %s" % (waited, "; ".join(look.problems))
+        return result, "Patroni cluster is not healthy%s: %s" % (look.waited_clause(), "; ".join(look.problems))
     return result, None
 
 

@@ -297,10 +297,8 @@ def cluster_info(params, transport=None, clock=None, rng=None):
     result = dict(changed=False, **check.to_dict())
     if check.quorum and not (check.degraded and params["fail_on_degraded"]):
         return result, None
-    waited = ""
-    if check.gave_up:
-        waited = " after waiting %.1f s (%d checks; last look: %s)" % (check.waited, check.checks, check.summary())
-    return result, "SeaweedFS cluster is not healthy%s: %s" % (waited, "; ".join(check.assessment.problems))
+    problems = "; ".join(check.assessment.problems)
+    return result, "SeaweedFS cluster is not healthy%s: %s" % (check.waited_clause(), problems)
 
 
 def main():
