@@ -310,6 +310,30 @@ class Fault:
     prepare: Optional[Callable[[str], None]] = None
     postgres: bool = False
     storage: bool = False
+    # The tier's group and the units whose journals explain a tier that did not become whole again.
+    logs: tuple[str, ...] = ()
+
+
+def dump_journals(lab: "Lab", fault: Fault, victim: str, since: float) -> Path:
+    """Write the fault tier's unit journals since the fault to tests/output/lab/ and return the file."""
+    group, *units = fault.logs or ("", )
+    path = OUTPUT / f"fault-{fault.kind}-{victim}-journals.log"
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 5))
+    with path.open("w") as out:
+        for host in lab.groups.get(group, []):
+            for unit in units:
+                out.write(f"===== {host} {unit}\n")
+                out.write(lab.exec(host, "journalctl", "--no-pager", "--utc", "-o", "short-iso", "-u", unit,
+                                   "--since", stamp))
+    return path
+
+
+# (group, units): what dump_journals reads when a tier does not become whole again.
+PG_LOGS = ("postgres", "patroni")
+STORAGE_LOGS = ("storage", "seaweedfs-master", "seaweedfs-volume", "seaweedfs-filer")
+MLFLOW_LOGS = ("mlflow", "mlflow")
+LB_LOGS = ("lb", "keepalived", "haproxy")
 
 
 def faults(lab: Lab, gray: bool = True) -> list[Fault]:
@@ -321,19 +345,23 @@ def faults(lab: Lab, gray: bool = True) -> list[Fault]:
         return (lab.vip_holders() or [None])[0]
 
     kills = [
-        Fault("postgres leader", "kill", lab.patroni_leader, lab.postgres_whole, postgres=True),
-        Fault("mlflow server", "kill", lambda: lab.groups["mlflow"][0], lab.mlflow_whole),
-        Fault("storage node", "kill", first_storage, lab.storage_whole, storage=True),
-        Fault("active load balancer", "kill", vip_holder, lab.lb_whole),
+        Fault("postgres leader", "kill", lab.patroni_leader, lab.postgres_whole, postgres=True,
+              logs=PG_LOGS),
+        Fault("mlflow server", "kill", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, logs=MLFLOW_LOGS),
+        Fault("storage node", "kill", first_storage, lab.storage_whole, storage=True,
+              logs=STORAGE_LOGS),
+        Fault("active load balancer", "kill", vip_holder, lab.lb_whole, logs=LB_LOGS),
     ]
     grays = [
         # The case Debian's Patroni 3.0.2 lost acknowledged writes in: the frozen node held both leaderships.
         Fault("postgres leader that also leads etcd", "freeze", lab.patroni_leader, lab.postgres_whole, hold=40,
-              prepare=lab.move_etcd_leader, postgres=True),
-        Fault("postgres leader", "cut", lab.patroni_leader, lab.postgres_whole, hold=40, postgres=True),
-        Fault("storage node serving S3", "freeze", first_storage, lab.storage_whole, hold=35, storage=True),
-        Fault("mlflow server", "freeze", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30),
-        Fault("active load balancer", "freeze", vip_holder, lab.lb_whole, hold=35),
+              prepare=lab.move_etcd_leader, postgres=True, logs=PG_LOGS),
+        Fault("postgres leader", "cut", lab.patroni_leader, lab.postgres_whole, hold=40, postgres=True,
+              logs=PG_LOGS),
+        Fault("storage node serving S3", "freeze", first_storage, lab.storage_whole, hold=35, storage=True,
+              logs=STORAGE_LOGS),
+        Fault("mlflow server", "freeze", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30, logs=MLFLOW_LOGS),
+        Fault("active load balancer", "freeze", vip_holder, lab.lb_whole, hold=35, logs=LB_LOGS),
     ]
     return kills + (grays if gray else [])
 
@@ -375,8 +403,11 @@ def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True, on
         {"kill": lab.start, "freeze": lab.thaw, "cut": lab.mend}[fault.kind](victim)
         wait_until(lambda t=t_fault: load.acks_since(t), timeout,
                    f"a registration started after the {fault.kind} of the {fault.what} ({victim}) to succeed")
-        rejoin = wait_until(fault.whole, timeout, f"the {fault.what} tier whole again after {victim} came back",
-                            interval=2)
+        try:
+            rejoin = wait_until(fault.whole, timeout,
+                                f"the {fault.what} tier whole again after {victim} came back", interval=2)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; journals: {dump_journals(lab, fault, victim, t_fault)}") from exc
         time.sleep(5)
         t_end = time.time()
         events = load.events_list()
