@@ -43,6 +43,17 @@ What Patroni 3.0.2 (Debian 12's package) answers, as read in Patroni's own sourc
   503 ``Switchover failed`` (the key vanished, the leader did not change), 503 ``Switchover status unknown``
   (still in progress when Patroni stopped polling), 503 ``failed to write switchover key into DCS``;
   with ``scheduled_at``: 202 ``Switchover scheduled``.
+
+``PATCH /config`` (``do_PATCH_config``) merges the body into the dynamic configuration in the DCS (a ``null``
+removes a key) and answers 200 with the whole new configuration; 409 when the DCS key changed under it. Members
+apply it in their next HA loop; a parameter that needs a restart then shows as ``pending_restart`` (in a
+member's ``GET /patroni`` at once, in ``GET /cluster`` after the member's next loop).
+
+``POST /restart`` (``do_POST_restart``) is served by the member it restarts and answers when PostgreSQL is up
+again: 200 ``restarted successfully``; 503 ``restart conditions are not satisfied`` (the body asked for
+``restart_pending`` and none is pending: Patroni tests for the key's presence, not its value), ``restart
+already in progress`` / ``reinitialize already in progress``, ``restart failed``, ``postgres is still
+starting``; 400 for a bad body; 401/403 when authentication or the allowlist refuse us.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -485,20 +496,52 @@ class PatroniClient:
         except HttpClientError:
             return None
 
-    def member_status(self, member: Member) -> Dict[str, Any]:
-        """``GET /patroni`` on one member, through its ``api_url`` (which already ends in /patroni)."""
+    def _member_http(self, member: Member, policy: RetryPolicy,
+                     request_timeout: Optional[float] = None) -> Tuple[HttpClient, str]:
+        """A client for one member's own REST API (its ``api_url``), and the path of its status document."""
         if not member.api_url:
             raise PatroniError("member %s publishes no api_url" % member.name)
         parts = urlsplit(member.api_url)
         base = "%s://%s" % (parts.scheme, parts.netloc)
-        client = HttpClient([base], "%s on %s" % (COMPONENT, member.name),
-                            policy=RetryPolicy(max_attempts=3, deadline=min(self.deadline, 15.0)),
-                            request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                            rng=self.rng, headers={"Accept": "application/json"})
-        doc = client.get_json(parts.path or "/patroni")
+        client = HttpClient([base], "%s on %s" % (COMPONENT, member.name), policy=policy,
+                            request_timeout=request_timeout or self.request_timeout, transport=self.transport,
+                            clock=self.clock, rng=self.rng, headers={"Accept": "application/json"})
+        return client, parts.path or "/patroni"
+
+    def member_status(self, member: Member) -> Dict[str, Any]:
+        """``GET /patroni`` on one member, through its ``api_url`` (which already ends in /patroni)."""
+        client, path = self._member_http(member, RetryPolicy(max_attempts=3, deadline=min(self.deadline, 15.0)))
+        doc = client.get_json(path)
         if not isinstance(doc, Mapping):
             raise PatroniError("member %s answered GET /patroni with something that is not an object" % member.name)
         return dict(doc)
+
+    def patch_config(self, changes: Mapping[str, Any]) -> Dict[str, Any]:
+        """PATCH /config with ``changes``; returns the dynamic configuration Patroni answers with.
+
+        Sent like a read (any member, retried after a timeout or a 502/503/504): merging the same values twice
+        leaves the same configuration, so a repeat cannot do harm. Other statuses raise HttpClientError."""
+        response = self.http.request("PATCH", "/config", json_body=dict(changes), headers=self.auth,
+                                     idempotent=True)
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        return dict(doc) if isinstance(doc, Mapping) else {}
+
+    def restart(self, member: Member, restart_pending: bool = True, timeout: float = 120.0) -> Tuple[int, str]:
+        """POST /restart on ``member`` itself; returns (status, Patroni's text) for 200 and 503.
+
+        ``restart_pending`` restarts only when the member has a restart pending (Patroni tests for the key, so it
+        is left out of the body otherwise). Repeated only when the connection was refused before anything was
+        sent: a restart whose answer was lost may be under way. Other statuses raise HttpClientError."""
+        client, _path = self._member_http(
+            member, RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, deadline=timeout + 10.0),
+            request_timeout=timeout)
+        body: Dict[str, Any] = {"restart_pending": True} if restart_pending else {}
+        response = client.request("POST", "/restart", json_body=body, headers=self.auth, expected=(200, 503),
+                                  idempotent=False)
+        return response.status, " ".join(response.text.split())
 
     def replication(self, cluster: ClusterView) -> Tuple[Optional[List[ReplicationRow]], Optional[str]]:
         """The leader's pg_stat_replication rows, or (None, why not)."""
