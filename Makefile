@@ -8,6 +8,8 @@ export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 COLLECTION := $(ROOT)/.cache/collections/ansible_collections/mlops/mlflow_ha
 # One scenario only: make molecule SCENARIO=roles/node_exporter/molecule/default
 SCENARIO ?=
+# Scenarios run side by side by `make molecule` (pytest-xdist workers); 1 runs them one after another.
+MOLECULE_JOBS ?= 2
 
 .PHONY: help bootstrap host engine image venv weed etcd wheelhouse promtool lab lab-destroy test lint sanity unit molecule e2e bench clean
 
@@ -78,7 +80,7 @@ molecule: bootstrap weed etcd wheelhouse
 	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
 	  MLFLOW_HA_ETCD_BINARIES="$$(bash tools/build-etcd.sh 2>/dev/null | tail -1)" \
 	  MLFLOW_HA_PATRONI_WHEELHOUSE="$${MLFLOW_HA_CACHE:-$(ROOT)/.cache}/wheelhouse/patroni.tar" \
-	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),)
+	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),$(if $(filter-out 1,$(MOLECULE_JOBS)),-n $(MOLECULE_JOBS) --dist load --maxschedchunk 1,))
 
 # The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).
 e2e: bootstrap weed etcd wheelhouse

@@ -11,6 +11,10 @@ INV="$ROOT/inventories/lab"
 OUT="$ROOT/tests/output/lab"
 mkdir -p "$OUT"
 export ANSIBLE_CONFIG="$ROOT/ansible.cfg"
+# Each lab playbook's log ends with its slowest tasks (profile_tasks): where a fresh site.yml or a rerun spends
+# its minutes (docs/harness.md).
+export ANSIBLE_CALLBACKS_ENABLED="${ANSIBLE_CALLBACKS_ENABLED:-ansible.posix.timer,ansible.posix.profile_tasks}"
+export PROFILE_TASKS_TASK_OUTPUT_LIMIT="${PROFILE_TASKS_TASK_OUTPUT_LIMIT:-25}"
 export PATH="$ROOT/.venv/bin:$PATH"
 
 vip() { awk '/^mlflow_ha_vip:/ {print $2}' "$INV/group_vars/all.yml"; }

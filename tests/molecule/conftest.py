@@ -1,10 +1,32 @@
-"""Molecule scenarios as pytest tests: one test per scenario, so the run ends with pytest's own count."""
+"""Molecule scenarios as pytest tests: one test per scenario, so the run ends with pytest's own count.
+
+`make molecule` runs them two at a time (pytest-xdist, one scenario handed out at a time, longest first): the
+scenarios wait on real services most of their time, so two share the 2 cores well (docs/harness.md). They share
+one Docker network (molecule/shared/platform.yml), created here once before the first scenario and removed
+after the last, and each uses its own fixed addresses and container names."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
+DURATIONS = ROOT / "tests" / "output" / "molecule" / "durations.json"
+# Seconds measured here (docs/results/phases-*.tsv); a scenario missing here counts as short. The last run's
+# tests/output/molecule/durations.json, when present, takes precedence.
+EXPECTED_SECONDS = {
+    "molecule/postgres_ha": 550,
+    "molecule/storage_ha": 300,
+    "roles/journal_remote/molecule/default": 160,
+    "roles/keepalived/molecule/default": 125,
+    "roles/prometheus/molecule/default": 100,
+    "roles/etcd/molecule/default": 90,
+    "roles/node_exporter/molecule/default": 60,
+}
 
 
 def pytest_addoption(parser):
@@ -18,6 +40,15 @@ def discover() -> list[Path]:
     return [p.parent for p in found]
 
 
+def expected_seconds() -> dict[str, float]:
+    expected = dict(EXPECTED_SECONDS)
+    try:
+        expected.update({name: d["seconds"] for name, d in json.loads(DURATIONS.read_text()).items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return expected
+
+
 def pytest_generate_tests(metafunc):
     if "scenario" in metafunc.fixturenames:
         wanted = {str((ROOT / s).resolve()) for s in metafunc.config.getoption("scenario")}
@@ -25,4 +56,38 @@ def pytest_generate_tests(metafunc):
         if wanted and len(scenarios) != len(wanted):
             raise ValueError(f"unknown scenario in {sorted(wanted)}; known: "
                              f"{[str(s.relative_to(ROOT)) for s in discover()]}")
+        # Longest first: with two at a time the short ones fill the gaps beside the long ones. Every xdist
+        # worker collects the same order (the file is read before any scenario of this run finishes).
+        expected = expected_seconds()
+        scenarios.sort(key=lambda s: (-expected.get(str(s.relative_to(ROOT)), 0), str(s)))
         metafunc.parametrize("scenario", scenarios, ids=[str(s.relative_to(ROOT)) for s in scenarios])
+
+
+def _network() -> dict:
+    return yaml.safe_load((ROOT / "molecule" / "shared" / "platform.yml").read_text())["mlflow_ha_lab_network"]
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+
+
+def pytest_configure(config):
+    # Once, in the process that hands out the scenarios (not in each xdist worker), before any of them starts.
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    net = _network()
+    os.environ["MLFLOW_HA_SHARED_TEST_NETWORK"] = net["name"]
+    if _docker("network", "inspect", net["name"]).returncode != 0:
+        made = _docker("network", "create", "--subnet", net["subnet"], "--gateway", net["gateway"],
+                       "--label", "owner=molecule", net["name"])
+        if made.returncode != 0:
+            raise RuntimeError(f"cannot create the scenarios' network {net['name']}: {made.stderr.strip()}")
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "workerinput") or not os.environ.get("MLFLOW_HA_SHARED_TEST_NETWORK"):
+        return
+    name = os.environ.pop("MLFLOW_HA_SHARED_TEST_NETWORK")
+    inspect = _docker("network", "inspect", "--format", "{{len .Containers}}", name)
+    if inspect.returncode == 0 and inspect.stdout.strip() == "0":
+        _docker("network", "rm", name)

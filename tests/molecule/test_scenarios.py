@@ -4,6 +4,7 @@ its duration to tests/output/molecule/durations.json."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -57,10 +58,13 @@ def test_scenario(scenario: Path):
     seconds = round(time.monotonic() - start, 1)
 
     record(f"molecule {name}", seconds, proc.returncode)
+    # Two scenarios may finish at the same time (make molecule runs two at a time): one writer at a time.
     durations_file = OUTPUT / "durations.json"
-    durations = json.loads(durations_file.read_text()) if durations_file.exists() else {}
-    durations[name] = {"seconds": seconds, "passed": proc.returncode == 0}
-    durations_file.write_text(json.dumps(durations, indent=2, sort_keys=True) + "\n")
+    with (OUTPUT / "durations.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        durations = json.loads(durations_file.read_text()) if durations_file.exists() else {}
+        durations[name] = {"seconds": seconds, "passed": proc.returncode == 0}
+        durations_file.write_text(json.dumps(durations, indent=2, sort_keys=True) + "\n")
 
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-TAIL_LINES:])
