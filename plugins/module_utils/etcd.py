@@ -35,11 +35,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
+    ServiceClient,
     Transport,
-    UrllibTransport,
     excerpt,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import Clock, RetryPolicy
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import Clock
 
 COMPONENT = "etcd"
 API_PREFIX = "/v3"
@@ -160,38 +160,22 @@ class QuorumReport:
     problems: List[str]
 
 
-def _short_error(err: HttpClientError) -> str:
-    """What the last attempt got ("connection refused", "timed out", "HTTP 503 ..."), else the whole text."""
-    if err.attempts:
-        return err.attempts[-1].outcome
-    return str(err)
-
-
-class EtcdClient:
+class EtcdClient(ServiceClient):
     """Member list through any of the given endpoints; status from each member at its own client URLs."""
+
+    component = COMPONENT
 
     def __init__(self, endpoints: Sequence[str], transport: Optional[Transport] = None, clock: Optional[Clock] = None,
                  rng: Optional[random.Random] = None, request_timeout: float = 5.0, deadline: float = 30.0,
                  max_attempts: int = 6, member_attempts: int = 2, api_prefix: str = API_PREFIX):
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
         self.member_attempts = member_attempts
         self.prefix = api_prefix.rstrip("/")
-        self.http = HttpClient(endpoints, COMPONENT, policy=RetryPolicy(max_attempts=max_attempts, deadline=deadline),
-                               request_timeout=request_timeout, transport=self.transport, clock=self.clock,
-                               rng=self.rng)
+        self.http = self.client_for(endpoints)
 
     def _post(self, client: HttpClient, path: str) -> Tuple[Any, str]:
         response = client.request("POST", self.prefix + path, json_body={}, idempotent=True)
-        try:
-            return response.json(), response.url
-        except ValueError as err:
-            raise HttpClientError("%s: %s answered POST %s%s with invalid JSON (%s): %s" % (
-                client.component, response.url, self.prefix, path, err, excerpt(response.body)),
-                [], client.breaker_states(), response) from err
+        return client.decode(response, "POST %s%s" % (self.prefix, path)), response.url
 
     def member_list(self) -> Tuple[int, List[EtcdMember], str]:
         """(cluster id, members, URL that answered)."""
@@ -204,11 +188,7 @@ class EtcdClient:
         return cluster_id, members, url
 
     def member_client(self, member: EtcdMember) -> HttpClient:
-        return HttpClient(list(member.client_urls), "etcd member %s" % member.label,
-                          policy=RetryPolicy(max_attempts=self.member_attempts, base_delay=0.2, max_delay=1.0,
-                                             deadline=min(self.deadline, max(self.request_timeout * 2, 1.0))),
-                          request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                          rng=self.rng)
+        return self.probe_client(member.client_urls, "etcd member %s" % member.label, self.member_attempts)
 
     def status(self, member: EtcdMember) -> MemberState:
         """The member's own status; errors become the state's ``error`` text, never an exception."""
@@ -219,7 +199,7 @@ class EtcdClient:
             doc, url = self._post(client, "/maintenance/status")
             status = parse_status(doc)
         except HttpClientError as err:
-            return MemberState(member, error=_short_error(err))
+            return MemberState(member, error=err.last_outcome())
         except ValueError as err:
             return MemberState(member, error="answered a status we cannot read (%s)" % err)
         state = MemberState(member, status=status, endpoint=url)

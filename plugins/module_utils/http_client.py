@@ -8,7 +8,9 @@
   also 502/503/504 and errors after sending. A non-idempotent request (POST, PATCH) is never repeated once it
   may have reached the server unless the caller says it is idempotent;
 - a circuit breaker per endpoint, and failover across a list of endpoints that skips open breakers;
-- errors that name the component, the endpoints, what each attempt got, the time spent and every breaker.
+- errors that name the component, the endpoints, what each attempt got, the time spent and every breaker;
+- ``ServiceClient``, the base of the service clients: the HttpClients they make share one transport, clock and
+  random source and their timeouts, and a server probed for a verdict gets few attempts.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -25,6 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     OPEN,
@@ -143,6 +146,12 @@ class HttpClientError(Exception):
         self.attempts = attempts
         self.breakers = breakers
         self.response = response
+
+    def last_outcome(self) -> str:
+        """What the last attempt got ("connection refused", "timed out", "HTTP 503 ..."), else the whole text."""
+        if self.attempts:
+            return self.attempts[-1].outcome
+        return str(self)
 
     def to_dict(self) -> Dict[str, Any]:
         """Facts for a module's fail_json."""
@@ -312,12 +321,16 @@ class HttpClient:
                               % (status, ", ".join(str(s) for s in expected)), response)
 
     def get_json(self, path: str, expected: Sequence[int] = (200,)) -> Any:
-        response = self.request("GET", path, expected=expected)
+        return self.decode(self.request("GET", path, expected=expected))
+
+    def decode(self, response: Response, what: Optional[str] = None) -> Any:
+        """The JSON document of ``response``; HttpClientError naming the component, the URL and ``what`` was asked
+        (default: the status) when it is not JSON."""
         try:
             return response.json()
         except ValueError as err:
-            raise HttpClientError("%s: %s answered HTTP %d with invalid JSON (%s): %s" % (
-                self.component, response.url, response.status, err, excerpt(response.body)),
+            raise HttpClientError("%s: %s answered %s with invalid JSON (%s): %s" % (
+                self.component, response.url, what or "HTTP %d" % response.status, err, excerpt(response.body)),
                 [], self.breaker_states(), response) from err
 
     def breaker_states(self) -> Dict[str, str]:
@@ -352,6 +365,53 @@ class HttpClient:
                 "[%d] %s -> %s" % (i + 1, a.endpoint, a.outcome) for i, a in enumerate(attempts)) + ".")
         lines.append("Breakers: " + ", ".join("%s %s" % (e, s) for e, s in self.breaker_states().items()) + ".")
         return HttpClientError(" ".join(lines), attempts, self.breaker_states(), response)
+
+
+class ServiceClient:
+    """What the collection's service clients (etcd, Patroni, MinIO, SeaweedFS, MLflow) share: one transport, clock
+    and random source for every HttpClient they make, a request timeout, a deadline and a number of attempts, and
+    the component their errors name (``component``, set by each subclass)."""
+
+    component = "HTTP service"
+
+    def __init__(self, transport: Optional[Transport] = None, clock: Optional[Clock] = None,
+                 rng: Optional[random.Random] = None, request_timeout: float = 5.0, deadline: float = 30.0,
+                 max_attempts: int = 6):
+        self.transport = transport or UrllibTransport()
+        self.clock = clock or Clock()
+        self.rng = rng or random.Random()
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        self.max_attempts = max_attempts
+
+    def client_for(self, endpoints: Sequence[str], component: Optional[str] = None,
+                   policy: Optional[RetryPolicy] = None, request_timeout: Optional[float] = None,
+                   headers: Optional[Mapping[str, str]] = None, deadline_header: Optional[str] = None) -> HttpClient:
+        """An HttpClient over ``endpoints`` on this client's transport, clock and random source; by default with
+        its component, request timeout, attempts and deadline."""
+        return HttpClient(list(endpoints), component or self.component,
+                          policy=policy or RetryPolicy(max_attempts=self.max_attempts, deadline=self.deadline),
+                          request_timeout=request_timeout or self.request_timeout, transport=self.transport,
+                          clock=self.clock, rng=self.rng, headers=headers, deadline_header=deadline_header)
+
+    def probe_client(self, endpoints: Sequence[str], component: str, attempts: int) -> HttpClient:
+        """A client for one server (at its URLs): ``attempts`` tries with short waits, within twice the request
+        timeout (at least 1 s, at most the deadline), since a server that does not answer is a fact to report,
+        not to wait out."""
+        return self.client_for(endpoints, component, RetryPolicy(
+            max_attempts=attempts, base_delay=0.2, max_delay=1.0,
+            deadline=min(self.deadline, max(self.request_timeout * 2, 1.0))))
+
+
+def split_url(url: str, default_path: str = "/") -> Tuple[str, str]:
+    """(``scheme://host:port``, path) of ``url``: the base an HttpClient takes, and what to ask it."""
+    parts = urlsplit(url)
+    return "%s://%s" % (parts.scheme, parts.netloc), parts.path or default_path
+
+
+def base_url(response: Response, path: str) -> str:
+    """The endpoint that answered: the response's URL without the request path."""
+    return response.url[: -len(path)] if path and response.url.endswith(path) else response.url
 
 
 def basic_auth(username: Optional[str], password: Optional[str]) -> Dict[str, str]:

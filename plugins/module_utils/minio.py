@@ -38,12 +38,12 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     HttpClient,
     HttpClientError,
     Response,
+    ServiceClient,
     Transport,
-    UrllibTransport,
+    base_url,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
-    RetryPolicy,
     Watched,
     watch,
 )
@@ -69,13 +69,6 @@ def check_expected_nodes(expected_nodes: int, nodes: int) -> int:
         raise ValueError("expected_nodes must be between 0 (all) and %d (the nodes listed), got %d"
                          % (nodes, expected_nodes))
     return expected_nodes or nodes
-
-
-def _last_outcome(err: HttpClientError) -> str:
-    """What the last attempt got ("connection refused", "HTTP 404 ..."), else the whole text."""
-    if err.attempts:
-        return err.attempts[-1].outcome
-    return str(err)
 
 
 def _header_int(response: Response, name: str) -> Optional[int]:
@@ -173,31 +166,24 @@ class Look:
 # -- the client -------------------------------------------------------------------------------------------
 
 
-class MinioClient:
+class MinioClient(ServiceClient):
     """Probes every given node, then asks the live ones (ready first) for the cluster's write and read quorum.
     Nothing raises: every failure is an observation."""
+
+    component = COMPONENT
 
     def __init__(self, nodes: Sequence[str], transport: Optional[Transport] = None, clock: Optional[Clock] = None,
                  rng: Optional[random.Random] = None, request_timeout: float = 5.0, deadline: float = 30.0,
                  max_attempts: int = 6, probe_attempts: int = 2):
         if not nodes:
             raise ValueError("%s: no node URLs given" % COMPONENT)
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
         self.nodes = [n.rstrip("/") for n in nodes]
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
-        self.max_attempts = max_attempts
         self.probe_attempts = probe_attempts
 
     def endpoint_client(self, url: str) -> HttpClient:
-        """A client for one node: few attempts and a short deadline, since a down node is a fact to report."""
-        return HttpClient([url], "%s node %s" % (COMPONENT, url),
-                          policy=RetryPolicy(max_attempts=self.probe_attempts, base_delay=0.2, max_delay=1.0,
-                                             deadline=min(self.deadline, max(self.request_timeout * 2, 1.0))),
-                          request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                          rng=self.rng)
+        """A client for one node (a down node is a fact to report)."""
+        return self.probe_client([url], "%s node %s" % (COMPONENT, url), self.probe_attempts)
 
     def node_state(self, url: str) -> NodeState:
         client = self.endpoint_client(url)
@@ -225,24 +211,20 @@ class MinioClient:
         try:
             return client.request("GET", path, expected=(OK, TOO_MANY_REQUESTS, UNAVAILABLE))
         except HttpClientError as err:
-            return (err.response.status if err.response is not None else None), _last_outcome(err)
+            return (err.response.status if err.response is not None else None), err.last_outcome()
 
     def quorum(self, nodes: Sequence[NodeState], path: str, header: str) -> QuorumAnswer:
         """``GET path`` on the first live node that answers it (ready nodes first, in the order given)."""
         live = sorted((n for n in nodes if n.live), key=lambda n: not n.ready)
         if not live:
             return QuorumAnswer(path, error="no node is live to answer %s" % path)
-        client = HttpClient([n.url for n in live], COMPONENT,
-                            policy=RetryPolicy(max_attempts=self.max_attempts, deadline=self.deadline),
-                            request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                            rng=self.rng)
+        client = self.client_for([n.url for n in live])
         try:
             response = client.request("GET", path, expected=(OK, UNAVAILABLE))
         except HttpClientError as err:
-            return QuorumAnswer(path, error="no node answered %s: %s" % (path, _last_outcome(err)))
-        base = response.url[:-len(path)] if response.url.endswith(path) else response.url
-        return QuorumAnswer(path, url=base, status=response.status, drives=_header_int(response, header),
-                            healing_drives=_header_int(response, HEALING_DRIVES),
+            return QuorumAnswer(path, error="no node answered %s: %s" % (path, err.last_outcome()))
+        return QuorumAnswer(path, url=base_url(response, path), status=response.status,
+                            drives=_header_int(response, header), healing_drives=_header_int(response, HEALING_DRIVES),
                             server_status=response.header(SERVER_STATUS))
 
     def look(self) -> Look:

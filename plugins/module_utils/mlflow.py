@@ -58,12 +58,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    HttpClient,
     HttpClientError,
     Response,
+    ServiceClient,
     Transport,
     TransportError,
-    UrllibTransport,
+    base_url,
     basic_auth,
     endpoint_list,
     excerpt,
@@ -120,9 +120,7 @@ def describe_failure(err: HttpClientError) -> str:
         if code:
             return "HTTP %d %s: %s" % (err.response.status, code, message)
         return ("HTTP %d %s" % (err.response.status, excerpt(err.response.body))).strip()
-    if err.attempts:
-        return err.attempts[-1].outcome
-    return str(err)
+    return err.last_outcome()
 
 
 def may_have_reached(err: HttpClientError) -> bool:
@@ -262,35 +260,25 @@ def parse_model_version(doc: Any) -> ModelVersion:
                         run_id=str(doc.get("run_id") or ""), status=str(doc.get("status") or ""), tags=tags)
 
 
-def base_url(response: Response, path: str) -> str:
-    """The endpoint that answered: the response URL without the request path."""
-    return response.url[: -len(path)] if path and response.url.endswith(path) else response.url
-
-
-class MlflowClient:
+class MlflowClient(ServiceClient):
     """Requests against the tracking servers through one HttpClient: the endpoints in order (the load balancer's
     VIP first, then the servers), failing over while connections are refused, with a circuit breaker each.
 
     Reads and PUTs are retried on the client's rules; the model version create is sent as non-idempotent, so
     HttpClient never repeats it once it may have reached a server (``register_model_version`` decides)."""
 
+    component = COMPONENT
+
     def __init__(self, endpoints: Sequence[str], username: Optional[str] = None, password: Optional[str] = None,
                  headers: Optional[Mapping[str, str]] = None, transport: Optional[Transport] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None, request_timeout: float = 10.0,
                  deadline: float = 60.0, max_attempts: int = 5):
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
-        self.max_attempts = max_attempts
-        self.policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
         self.headers: Dict[str, str] = {"Accept": "application/json"}
         self.headers.update(basic_auth(username, password))
         self.headers.update(headers or {})
-        self.http = HttpClient(endpoints, COMPONENT, policy=self.policy, request_timeout=request_timeout,
-                               transport=self.transport, clock=self.clock, rng=self.rng, headers=self.headers,
-                               deadline_header=DEADLINE_HEADER)
+        self.http = self.client_for(endpoints, headers=self.headers, deadline_header=DEADLINE_HEADER)
+        self.policy = self.http.policy
         self.end: Optional[float] = None
 
     @property

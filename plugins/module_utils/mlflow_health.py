@@ -10,7 +10,6 @@ __metaclass__ = type
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.haproxy import (
     HaproxyServer,
@@ -20,11 +19,12 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     HttpClient,
     HttpClientError,
     Response,
+    ServiceClient,
     Transport,
-    UrllibTransport,
     basic_auth,
     endpoint_list,
     excerpt,
+    split_url,
     transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow import (
@@ -135,11 +135,13 @@ def check_min_healthy(min_healthy: Optional[int], servers: int) -> int:
     return min_healthy
 
 
-class MlflowProber:
+class MlflowProber(ServiceClient):
     """Asks each tracking server, and the load balancer, how it is. Nothing raises: a failure is an observation.
 
     Each look uses fresh clients with few attempts and a short deadline, since a down server is a fact to report,
     not to wait out; the breakers of the last look are reported."""
+
+    component = COMPONENT
 
     def __init__(self, servers: Sequence[str], lb_url: Optional[str] = None, haproxy_stats_url: Optional[str] = None,
                  haproxy_backend: str = "mlflow", username: Optional[str] = None, password: Optional[str] = None,
@@ -149,6 +151,7 @@ class MlflowProber:
                  deadline: float = 15.0, max_attempts: int = 2):
         if not servers:
             raise ValueError("%s: no server URLs given" % COMPONENT)
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
         self.servers = [s.rstrip("/") for s in servers]
         self.lb_url = lb_url.rstrip("/") if lb_url else None
         self.haproxy_stats_url = haproxy_stats_url
@@ -156,21 +159,12 @@ class MlflowProber:
         # HAProxy server names that must each be up in the backend (a rolling restart's gate: this server is
         # back in every load balancer), besides the count that min_healthy asks.
         self.haproxy_servers = list(haproxy_servers)
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
-        self.max_attempts = max_attempts
         self.headers: Dict[str, str] = dict(basic_auth(username, password))
         self.headers.update(headers or {})
 
     def _client(self, url: str, component: str, headers: Optional[Mapping[str, str]] = None) -> HttpClient:
-        return HttpClient([url], component,
-                          policy=RetryPolicy(max_attempts=self.max_attempts, base_delay=0.2, max_delay=1.0,
-                                             deadline=self.deadline),
-                          request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                          rng=self.rng, headers=headers)
+        return self.client_for([url], component, RetryPolicy(max_attempts=self.max_attempts, base_delay=0.2,
+                                                             max_delay=1.0, deadline=self.deadline), headers=headers)
 
     def probe(self, url: str, client: HttpClient) -> ServerState:
         state = ServerState(url)
@@ -206,9 +200,7 @@ class MlflowProber:
             view.seconds = self.clock.now() - t0
             breakers.update(client.breaker_states())
         if self.haproxy_stats_url:
-            parts = urlsplit(self.haproxy_stats_url)
-            base = "%s://%s" % (parts.scheme, parts.netloc)
-            path = parts.path or "/"
+            base, path = split_url(self.haproxy_stats_url)
             if not path.endswith(";csv"):
                 path += ";csv"
             client = self._client(base, "HAProxy stats")

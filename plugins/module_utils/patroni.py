@@ -63,16 +63,16 @@ __metaclass__ = type
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
+    ServiceClient,
     Transport,
     TransportError,
-    UrllibTransport,
     basic_auth,
     excerpt,
+    split_url,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
@@ -84,6 +84,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import 
 )
 
 COMPONENT = "Patroni REST API"
+ACCEPT_JSON = {"Accept": "application/json"}
 LEADER_ROLES = ("leader", "standby_leader")
 SYNC_ROLES = ("sync_standby", "quorum_standby")
 REPLICA_ROLES = ("replica", *SYNC_ROLES)
@@ -446,30 +447,24 @@ class SwitchoverResult:
 # -- the client -----------------------------------------------------------------------------------------
 
 
-class PatroniClient:
+class PatroniClient(ServiceClient):
     """Reads through a resilient HttpClient over every member's REST API; one POST for switchover.
 
     ``write_timeout`` bounds the switchover POST: Patroni answers it only after it has polled the DCS for
     the new leader (up to ``2 * max(10, loop_wait)`` seconds), so it needs far longer than a read."""
 
+    component = COMPONENT
+
     def __init__(self, endpoints: Sequence[str], username: Optional[str] = None, password: Optional[str] = None,
                  transport: Optional[Transport] = None, clock: Optional[Clock] = None,
                  rng: Optional[random.Random] = None, request_timeout: float = 5.0, deadline: float = 30.0,
                  max_attempts: int = 6, write_timeout: float = 60.0):
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
-        self.http = HttpClient(endpoints, COMPONENT, policy=RetryPolicy(max_attempts=max_attempts, deadline=deadline),
-                               request_timeout=request_timeout, transport=self.transport, clock=self.clock,
-                               rng=self.rng, headers={"Accept": "application/json"})
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
+        self.http = self.client_for(endpoints, headers=ACCEPT_JSON)
         # Writes: one attempt per endpoint at most, and only while a connection is refused (see switchover()).
-        self.writer = HttpClient(endpoints, COMPONENT,
-                                 policy=RetryPolicy(max_attempts=len(endpoints), base_delay=0.2, max_delay=1.0,
-                                                    deadline=write_timeout + 5.0),
-                                 request_timeout=write_timeout, transport=self.transport, clock=self.clock,
-                                 rng=self.rng, headers={"Accept": "application/json"})
+        self.writer = self.client_for(endpoints, policy=RetryPolicy(max_attempts=len(endpoints), base_delay=0.2,
+                                                                    max_delay=1.0, deadline=write_timeout + 5.0),
+                                      request_timeout=write_timeout, headers=ACCEPT_JSON)
         self.auth: Dict[str, str] = basic_auth(username, password)
 
     def cluster(self) -> ClusterView:
@@ -501,12 +496,9 @@ class PatroniClient:
         """A client for one member's own REST API (its ``api_url``), and the path of its status document."""
         if not member.api_url:
             raise PatroniError("member %s publishes no api_url" % member.name)
-        parts = urlsplit(member.api_url)
-        base = "%s://%s" % (parts.scheme, parts.netloc)
-        client = HttpClient([base], "%s on %s" % (COMPONENT, member.name), policy=policy,
-                            request_timeout=request_timeout or self.request_timeout, transport=self.transport,
-                            clock=self.clock, rng=self.rng, headers={"Accept": "application/json"})
-        return client, parts.path or "/patroni"
+        base, path = split_url(member.api_url, "/patroni")
+        return self.client_for([base], "%s on %s" % (COMPONENT, member.name), policy, request_timeout,
+                               ACCEPT_JSON), path
 
     def member_status(self, member: Member) -> Dict[str, Any]:
         """``GET /patroni`` on one member, through its ``api_url`` (which already ends in /patroni)."""

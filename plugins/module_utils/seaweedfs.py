@@ -36,13 +36,12 @@ from urllib.parse import urlsplit
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
+    ServiceClient,
     Transport,
-    UrllibTransport,
     excerpt,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
-    RetryPolicy,
     Watched,
     watch,
 )
@@ -67,13 +66,6 @@ def http_address(server_address: str) -> str:
 
 def netloc(url: str) -> str:
     return urlsplit(url).netloc
-
-
-def _short_error(err: HttpClientError) -> str:
-    """What the last attempt got ("connection refused", "HTTP 404 ..."), else the whole text."""
-    if err.attempts:
-        return err.attempts[-1].outcome
-    return str(err)
 
 
 def _int(value: Any, what: str) -> int:
@@ -255,9 +247,11 @@ class Look:
 # -- the client -------------------------------------------------------------------------------------------
 
 
-class SeaweedClient:
+class SeaweedClient(ServiceClient):
     """Probes every given master, reads the topology through a ready one, then probes the registered volume
     servers (optional), the filers and the S3 gateways. Nothing raises: every failure is an observation."""
+
+    component = COMPONENT
 
     def __init__(self, masters: Sequence[str], filers: Sequence[str] = (), s3: Sequence[str] = (),
                  transport: Optional[Transport] = None, clock: Optional[Clock] = None,
@@ -265,25 +259,16 @@ class SeaweedClient:
                  max_attempts: int = 6, probe_attempts: int = 2, check_volume_servers: bool = True):
         if not masters:
             raise ValueError("%s: no master URLs given" % COMPONENT)
+        super().__init__(transport, clock, rng, request_timeout, deadline, max_attempts)
         self.masters = [m.rstrip("/") for m in masters]
         self.filers = [f.rstrip("/") for f in filers]
         self.s3 = [s.rstrip("/") for s in s3]
-        self.transport = transport or UrllibTransport()
-        self.clock = clock or Clock()
-        self.rng = rng or random.Random()
-        self.request_timeout = request_timeout
-        self.deadline = deadline
-        self.max_attempts = max_attempts
         self.probe_attempts = probe_attempts
         self.check_volume_servers = check_volume_servers
 
     def endpoint_client(self, url: str, component: str) -> HttpClient:
-        """A client for one server: few attempts and a short deadline, since a down server is a fact to report."""
-        return HttpClient([url], component,
-                          policy=RetryPolicy(max_attempts=self.probe_attempts, base_delay=0.2, max_delay=1.0,
-                                             deadline=min(self.deadline, max(self.request_timeout * 2, 1.0))),
-                          request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                          rng=self.rng)
+        """A client for one server (a down server is a fact to report)."""
+        return self.probe_client([url], component, self.probe_attempts)
 
     def probe(self, url: str, component: str, path: str = "/healthz",
               answers: Sequence[int] = (READY, NOT_READY)) -> Probe:
@@ -295,7 +280,7 @@ class SeaweedClient:
         try:
             response = client.request("GET", path, expected=answers)
         except HttpClientError as err:
-            return Probe(url, path, error=_short_error(err))
+            return Probe(url, path, error=err.last_outcome())
         return Probe(url, path, status=response.status)
 
     def master_state(self, url: str) -> MasterState:
@@ -324,14 +309,11 @@ class SeaweedClient:
             return None, None, "no master is ready to answer /dir/status"
         leaders = {m.leader for m in ready if m.leader}
         ready.sort(key=lambda m: not (m.is_leader or netloc(m.url) in leaders))
-        client = HttpClient([m.url for m in ready], COMPONENT,
-                            policy=RetryPolicy(max_attempts=self.max_attempts, deadline=self.deadline),
-                            request_timeout=self.request_timeout, transport=self.transport, clock=self.clock,
-                            rng=self.rng)
+        client = self.client_for([m.url for m in ready])
         try:
             response = client.request("GET", "/dir/status")
         except HttpClientError as err:
-            return None, None, "/dir/status failed: %s" % _short_error(err)
+            return None, None, "/dir/status failed: %s" % err.last_outcome()
         try:
             return parse_dir_status(response.json()), response.url, None
         except ValueError as err:

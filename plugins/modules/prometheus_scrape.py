@@ -112,6 +112,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
+    base_url,
     endpoint_list,
     tls_argument_spec,
     transport_from_params,
@@ -137,7 +138,7 @@ def scrape(params, transport=None):
     selected = [s.to_dict() for name in params["select"] for s in by_family.get(name, [])]
     return {
         "changed": False,
-        "endpoint": response.url[: -len(params["path"])] if response.url.endswith(params["path"]) else response.url,
+        "endpoint": base_url(response, params["path"]),
         "families": sorted(by_family),
         "sample_count": len(samples),
         "missing": missing,

@@ -115,14 +115,10 @@ class Lab:
         return timelines[0] if timelines else None
 
     # etcd's own leader, asked of the members with etcdctl inside their containers (client TLS of the etcd role).
-    ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt "
-               "--key=/etc/etcd/tls/etcd.key --command-timeout=5s")
-
     def etcdctl(self, host: str, args: str, only: Optional[str] = None) -> subprocess.CompletedProcess:
         """etcdctl in host's container, against every member (or only the member `only`)."""
-        endpoints = ",".join(f"https://{self.hosts[h]}:2379" for h in ([only] if only else self.groups["etcd"]))
-        return self.docker("exec", self.container(host), "sh", "-c",
-                           f"{self.ETCDCTL} --endpoints={endpoints} {args}", check=False)
+        addresses = [self.hosts[h] for h in ([only] if only else self.groups["etcd"])]
+        return self.docker("exec", self.container(host), "sh", "-c", etcdctl_command(addresses, args), check=False)
 
     def etcd_members(self) -> dict[str, dict]:
         """member name -> {'id', 'leader_id'} as each reachable member reports it."""
@@ -204,6 +200,32 @@ class Lab:
         return (all(self.http_ok(f"http://{self.hosts[h]}:8404/healthz") for h in self.groups["lb"])
                 and len(self.vip_holders()) == 1
                 and all("active" in self.exec(h, "systemctl", "is-active", "keepalived") for h in self.groups["lb"]))
+
+
+def etcd_client() -> dict:
+    """How a client reaches etcd in the lab, from the etcd role (its defaults, the lab inventory's etcd_* settings
+    over them, and the TLS files its vars name): {'scheme', 'port', 'ca', 'cert', 'key'}."""
+    role = ROOT / "roles" / "etcd"
+    settings = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    for name in ("all.yml", "lab.yml"):
+        overrides = yaml.safe_load((INVENTORY / "group_vars" / name).read_text()) or {}
+        settings.update({k: v for k, v in overrides.items() if k.startswith("etcd_")})
+    files = yaml.safe_load((role / "vars" / "main.yml").read_text())["_etcd_tls_files"]
+    tls = {key: path.replace("{{ etcd_cert_dir }}", settings["etcd_cert_dir"]) for key, path in files.items()}
+    if any("{{" in path for path in tls.values()):
+        raise ValueError(f"roles/etcd/vars/main.yml _etcd_tls_files names more than etcd_cert_dir: {files}")
+    return {"scheme": "https" if settings["etcd_tls"] else "http", "port": int(settings["etcd_client_port"]), **tls}
+
+
+def etcdctl_command(addresses: list[str], args: str) -> str:
+    """The shell command that runs `etcdctl args` on a member against the members at `addresses`, with the etcd
+    role's client TLS (the one place the lab spells etcdctl's flags)."""
+    client = etcd_client()
+    endpoints = ",".join(f"{client['scheme']}://{address}:{client['port']}" for address in addresses)
+    tls = ""
+    if client["scheme"] == "https":
+        tls = f"--cacert={client['ca']} --cert={client['cert']} --key={client['key']} "
+    return f"ETCDCTL_API=3 etcdctl {tls}--command-timeout=5s --endpoints={endpoints} {args}"
 
 
 def get_json(url: str, timeout: float = 2) -> dict:

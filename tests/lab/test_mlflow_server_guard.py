@@ -17,10 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "X-Request-Deadline-Ms"
 MODEL = "guard-test"
+MLFLOW_VARS = yaml.safe_load((ROOT / "roles" / "mlflow" / "vars" / "main.yml").read_text())
+# The app the mlflow role runs without basic auth, as "module:factory" (roles/mlflow/vars/main.yml _mlflow_apps).
+APP = "%s:%s" % (MLFLOW_VARS["_mlflow_app_module"],
+                 next(app["factory"] for app in MLFLOW_VARS["_mlflow_apps"] if not app["auth"]))
 
 
 def free_port() -> int:
@@ -55,7 +60,7 @@ def server(tmp_path_factory):
     paths = [str(tmp), str(ROOT / "roles/mlflow/files"), str(ROOT / "tests/lab")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths),
                MLFLOW_HA_DEADLINE_HEADER=HEADER, MLFLOW_HA_DEADLINE_GRACE_MS="0",
-               MLFLOW_HA_TEST_STALL_FILE=str(tmp / "stall"))
+               MLFLOW_HA_TEST_STALL_FILE=str(tmp / "stall"), MLFLOW_HA_TEST_APP=APP)
     log = (tmp / "server.log").open("w")
     mlflow = str(Path(python).parent / "mlflow")
     proc = subprocess.Popen([mlflow, "server", "--app-name", "mlflow-ha-stall", "--host", "127.0.0.1", "--port",

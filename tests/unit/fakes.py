@@ -3,6 +3,7 @@ stand-alone programs the roles install (they are files, not modules of a package
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -202,8 +203,15 @@ def until(clock: FakeClock, at: float, before: Outcome, after: Outcome) -> Calla
     return answer
 
 
+# What the roles copy beside their programs, by the plain name the programs import: here that name is the
+# collection's own module, the very file the role copies (docs/design-decisions.md, "One exposition writer").
+BESIDE_PROGRAMS = {"exposition": "ansible_collections.mlops.mlflow_ha.plugins.module_utils.exposition"}
+
+
 def load_program(path: Path) -> ModuleType:
     """Import a role's program (roles/<role>/files/<name>.py) as the module <name>."""
+    for name, module_name in BESIDE_PROGRAMS.items():
+        sys.modules.setdefault(name, importlib.import_module(module_name))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
 import dashboards  # noqa: E402
+from fakes import load_program  # noqa: E402
+
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import parse  # noqa: E402
 
 RULES = ROOT / "roles" / "prometheus" / "files" / "rules" / "mlflow_ha.rules.yml"
 PROBE = ROOT / "roles" / "registration_probe" / "files" / "registration_probe.py"
@@ -74,17 +77,10 @@ def rule_names() -> tuple[set[str], set[str]]:
 
 
 def probe_names() -> set[str]:
-    """The families the probe's render() writes; a histogram's samples are <name>_bucket, _sum and _count."""
-    text = PROBE.read_text(encoding="utf-8")
-    names: set[str] = set()
-    for name, kind in re.findall(r'family\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)",\s*"(\w+)"', text):
-        names.add(name)
-        if kind == "histogram":
-            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-    histograms = re.findall(r'name = "([a-zA-Z_:][a-zA-Z0-9_:]*)"\n\s+buckets = ', text)
-    for name in histograms:  # the histogram's family() call takes its name from a variable
-        names |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-    return names
+    """The families the probe's page has (its render() run, not its source read); a histogram's samples are
+    <name>_bucket, _sum and _count."""
+    text = load_program(PROBE).Metrics().render()
+    return {s.name for s in parse(text)} | set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
 
 
 def table_names(markdown: Path) -> tuple[set[str], set[str]]:

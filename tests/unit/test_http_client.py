@@ -11,8 +11,12 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     HttpClient,
     HttpClientError,
     Response,
+    ServiceClient,
+    UrllibTransport,
+    base_url,
     endpoint_list,
     parse_retry_after,
+    split_url,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import CLOSED, OPEN, RetryPolicy
 
@@ -283,3 +287,79 @@ def test_no_deadline_header_unless_asked(clock, rng):
     c, t = client(clock, rng, {A: [ok()]})
     c.request("GET", "/x")
     assert not any(k.lower().startswith("x-request-deadline") for k in t.headers[0])
+
+
+class Service(ServiceClient):
+    component = "Test service"
+
+
+class TestServiceClient:
+    """The base of the service clients: what every HttpClient they make shares, and the probe policy."""
+
+    def test_clients_share_transport_clock_and_rng_and_take_the_defaults(self, clock, rng):
+        transport = FakeTransport(clock, {A: [ok()]})
+        service = Service(transport=transport, clock=clock, rng=rng, request_timeout=3.0, deadline=20.0,
+                          max_attempts=4)
+        c = service.client_for([A + "/", B])
+        assert (c.transport, c.clock, c.rng) == (transport, clock, rng)
+        assert c.component == "Test service" and c.endpoints == [A, B]
+        assert (c.policy.max_attempts, c.policy.deadline, c.request_timeout) == (4, 20.0, 3.0)
+        assert c.headers == {} and c.deadline_header is None
+        other = service.client_for([A], "Test service on a", RetryPolicy(max_attempts=1), request_timeout=9.0,
+                                   headers={"Accept": "application/json"}, deadline_header="X-Deadline")
+        assert (other.component, other.policy.max_attempts, other.request_timeout) == ("Test service on a", 1, 9.0)
+        assert other.headers == {"Accept": "application/json"} and other.deadline_header == "X-Deadline"
+        assert other.breakers is not c.breakers, "each client has breakers of its own"
+
+    def test_without_a_transport_it_makes_the_standard_library_one(self):
+        service = Service()
+        assert isinstance(service.transport, UrllibTransport)
+        assert service.client_for([A]).transport is service.transport
+
+    @pytest.mark.parametrize(("timeout", "deadline", "expected"), [(5.0, 30.0, 10.0), (0.2, 30.0, 1.0),
+                                                                   (5.0, 4.0, 4.0)])
+    def test_a_probe_client_waits_twice_the_request_timeout_at_least_1_s_at_most_the_deadline(
+            self, clock, rng, timeout, deadline, expected):
+        service = Service(transport=FakeTransport(clock, {A: [ok()]}), clock=clock, rng=rng,
+                          request_timeout=timeout, deadline=deadline)
+        policy = service.probe_client([A], "Test service node a", 2).policy
+        assert (policy.max_attempts, policy.base_delay, policy.max_delay, policy.deadline) == (2, 0.2, 1.0, expected)
+
+    def test_a_probe_client_gives_up_after_its_attempts_and_names_the_server(self, clock, rng):
+        transport = FakeTransport(clock, {A: [refused()]})
+        service = Service(transport=transport, clock=clock, rng=rng)
+        with pytest.raises(HttpClientError) as info:
+            service.probe_client([A], "Test service node a", 2).request("GET", "/health")
+        assert len(transport.calls) == 2
+        assert str(info.value).startswith("Test service node a: GET /health failed after 2 attempt(s)")
+
+    def test_decode_names_the_component_the_url_and_what_was_asked(self, clock, rng):
+        service = Service(transport=FakeTransport(clock, {A: [Response(200, b"<html>", {}, A + "/v3/x")]}),
+                          clock=clock, rng=rng)
+        c = service.client_for([A])
+        response = c.request("POST", "/v3/x", json_body={}, idempotent=True)
+        with pytest.raises(HttpClientError) as info:
+            c.decode(response, "POST /v3/x")
+        assert str(info.value).startswith("Test service: %s/v3/x answered POST /v3/x with invalid JSON" % A)
+        assert info.value.response is response
+        assert c.decode(Response(200, b'{"a": 1}', {}, A)) == {"a": 1}
+
+
+def test_split_url_gives_the_base_and_the_path():
+    assert split_url("http://10.0.0.1:8008/patroni", "/patroni") == ("http://10.0.0.1:8008", "/patroni")
+    assert split_url("https://[fd00::1]:8404", "/") == ("https://[fd00::1]:8404", "/")
+    assert split_url("http://lb:8404/stats;csv") == ("http://lb:8404", "/stats;csv")
+
+
+def test_base_url_is_the_endpoint_that_answered():
+    assert base_url(Response(200, b"", {}, A + "/metrics"), "/metrics") == A
+    assert base_url(Response(200, b"", {}, A + "/other"), "/metrics") == A + "/other"
+    assert base_url(Response(200, b"", {}, A), "") == A
+
+
+def test_last_outcome_is_what_the_last_attempt_got_else_the_whole_text(clock, rng):
+    c, _t = client(clock, rng, {A: [refused(), ok(b"busy", status=503)]}, policy=RetryPolicy(max_attempts=2))
+    with pytest.raises(HttpClientError) as info:
+        c.request("GET", "/x")
+    assert info.value.last_outcome() == "HTTP 503 busy"
+    assert HttpClientError("no attempt made", [], {}).last_outcome() == "no attempt made"

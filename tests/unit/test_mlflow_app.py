@@ -1,16 +1,21 @@
 """The MLflow server apps of the mlflow role (roles/mlflow/files/mlflow_ha_app.py): the deadline guard answers a
-late request itself and passes every other request, unchanged, to MLflow's app."""
+late request itself and passes every other request, unchanged, to MLflow's app; and the entry points the role
+registers for them (vars/main.yml _mlflow_apps) load them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from fakes import load_program
+from role_vars import render, role_vars
 
 ROOT = Path(__file__).resolve().parents[2]
-app_module = load_program(ROOT / "roles" / "mlflow" / "files" / "mlflow_ha_app.py")
+MLFLOW_VARS = role_vars("mlflow")
+app_module = load_program(ROOT / "roles" / "mlflow" / "files" / (MLFLOW_VARS["_mlflow_app_module"] + ".py"))
 
 NOW = 1_800_000_000.0  # seconds since the epoch, the guard's clock in these tests
 HEADER = "X-Request-Deadline-Ms"
@@ -138,3 +143,38 @@ def test_commits_before_the_deadline_without_one_or_outside_requests_go_through(
     commit_in_request(listener, None)
     listener(object())
     assert listener.refused == 0
+
+
+def test_every_app_the_role_registers_is_a_factory_of_the_module():
+    apps = MLFLOW_VARS["_mlflow_apps"]
+    assert [app["auth"] for app in apps].count(True) == 1 and [app["auth"] for app in apps].count(False) == 1
+    for app in apps:
+        assert callable(getattr(app_module, app["factory"], None)), app
+
+
+def test_the_entry_points_the_role_writes_load_the_modules_factories(tmp_path):
+    """As on a server: the module and a dist-info holding the role's entry_points.txt in one directory on the
+    path; each entry point of group mlflow.app loads the factory it names (without MLflow: the module imports it
+    only when a factory runs)."""
+    module = MLFLOW_VARS["_mlflow_app_module"]
+    (tmp_path / (module + ".py")).write_bytes((ROOT / "roles" / "mlflow" / "files" / (module + ".py")).read_bytes())
+    dist = tmp_path / (module + "-1.0.dist-info")
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow-ha-app\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(render("mlflow", "_mlflow_entry_points_txt"))
+    code = ("import sys; sys.path.insert(0, %r); from importlib.metadata import entry_points; "
+            "print(sorted((e.name, e.load().__module__, e.load().__name__) for e in entry_points(group='mlflow.app')))"
+            % str(tmp_path))
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = sorted((app["name"], module, app["factory"]) for app in MLFLOW_VARS["_mlflow_apps"])
+    assert done.stdout.strip() == str(expected)
+
+
+def test_the_server_runs_the_basic_auth_app_exactly_when_auth_is_on():
+    by_auth = {app["auth"]: app["name"] for app in MLFLOW_VARS["_mlflow_apps"]}
+    assert render("mlflow", "_mlflow_app_name", mlflow_auth_enabled=True) == by_auth[True]
+    assert render("mlflow", "_mlflow_app_name", mlflow_auth_enabled=False) == by_auth[False]
+    assert render("mlflow", "_mlflow_entry_points_txt") == "[mlflow.app]\n" + "".join(
+        "%s = %s:%s\n" % (app["name"], MLFLOW_VARS["_mlflow_app_module"], app["factory"])
+        for app in MLFLOW_VARS["_mlflow_apps"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from fakes import FakeClock, load_program, refused, timed_out
 from test_mlflow import API, ARTIFACTS, FakeMlflow, mlflow_fail, mlflow_json
 
@@ -31,7 +32,9 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import 
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "roles" / "registration_probe" / "files" / "registration_probe.py"
-MODULE_UTILS = ("mlflow.py", "http_client.py", "resilience.py")  # what the role copies onto the probe host
+# What the role copies onto the probe host, read from the role.
+MODULE_UTILS = yaml.safe_load((ROOT / "roles" / "registration_probe" / "vars" / "main.yml").read_text())[
+    "_registration_probe_utils"]
 
 
 rp = load_program(PROGRAM)

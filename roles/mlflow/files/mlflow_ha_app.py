@@ -18,9 +18,10 @@ What remains open is microseconds wide: a freeze between the commit check and Po
 that freezes after committing and before answering leaves the client unsure, but the write is then visible,
 and a client that searches for its key before creating again (the collection's clients do) finds it.
 
-Entry points (group `mlflow.app`, read by `mlflow server --app-name`): `mlflow-ha` (MLflow's app) and
-`mlflow-ha-basic-auth` (MLflow's basic-auth app). Both are factories: `mlflow server` imports this module in its
-supervising process to tell whether the entry is a factory, and MLflow itself is only imported by the workers.
+Entry points (group `mlflow.app`, read by `mlflow server --app-name`): one per factory below, named in the mlflow
+role's vars (`_mlflow_apps`), which the role registers: MLflow's app, and MLflow's basic-auth app. Both are
+factories: `mlflow server` imports this module in its supervising process to tell whether the entry is a factory,
+and MLflow itself is only imported by the workers.
 
 Environment: MLFLOW_HA_DEADLINE_HEADER (header name; empty: no guard), MLFLOW_HA_DEADLINE_GRACE_MS (a request is
 still served this many milliseconds past its deadline, for clock skew between client and server; 0 by default:
@@ -166,10 +167,10 @@ def guard_server(app: AsgiApp) -> AsgiApp:
 
 
 def create_app() -> AsgiApp:
-    """`mlflow-ha`: MLflow's tracking server app (what `mlflow server` runs without --app-name), guarded."""
+    """MLflow's tracking server app (what `mlflow server` runs without --app-name), guarded."""
     return guard_server(importlib.import_module("mlflow.server.fastapi_app").app)
 
 
 def create_basic_auth_app() -> AsgiApp:
-    """`mlflow-ha-basic-auth`: MLflow's basic-auth app (`--app-name basic-auth`), guarded."""
+    """MLflow's basic-auth app (`--app-name basic-auth`), guarded."""
     return guard_server(importlib.import_module("mlflow.server.auth").create_app())

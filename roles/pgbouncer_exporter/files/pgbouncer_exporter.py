@@ -8,7 +8,9 @@ whatever columns the running PgBouncer has, so a renamed column costs a metric, 
 
 Environment: PGBOUNCER_HOST (127.0.0.1), PGBOUNCER_PORT (6432), PGBOUNCER_USER, PGPASSWORD (libpq reads it),
 EXPORTER_LISTEN (0.0.0.0:9127), EXPORTER_CONNECT_TIMEOUT (3 seconds). Uses psycopg2 (python3-psycopg2, which the
-patroni role installs as well). One short connection per scrape: nothing stale between scrapes.
+patroni role installs as well) and exposition.py, the collection's Prometheus text writer
+(plugins/module_utils/exposition.py), which the role copies beside this file. One short connection per scrape:
+nothing stale between scrapes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from exposition import Exposition
 
 
 class Metric(NamedTuple):
@@ -75,10 +79,6 @@ Rows = List[Dict[str, Any]]
 Query = Callable[[str], Rows]
 
 
-def _escape(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def _number(value: Any) -> Optional[float]:
     if isinstance(value, bool) or value is None:
         return None
@@ -88,28 +88,7 @@ def _number(value: Any) -> Optional[float]:
         return None
 
 
-def _labels(pairs: Sequence[Tuple[str, Any]]) -> str:
-    return "{" + ",".join('%s="%s"' % (k, _escape(v)) for k, v in pairs) + "}" if pairs else ""
-
-
-class Families:
-    """Prometheus text exposition, one HELP/TYPE block per metric family."""
-
-    def __init__(self) -> None:
-        self._families: Dict[str, Tuple[str, str, List[str]]] = {}  # name -> (kind, help, samples), in order
-
-    def add(self, name: str, kind: str, text: str, labels: Sequence[Tuple[str, Any]], value: float) -> None:
-        samples = self._families.setdefault(name, (kind, text, []))[2]
-        samples.append("%s%s %s" % (name, _labels(labels), repr(float(value))))
-
-    def render(self) -> str:
-        lines: List[str] = []
-        for name, (kind, text, samples) in self._families.items():
-            lines += ["# HELP %s %s" % (name, text), "# TYPE %s %s" % (name, kind), *samples]
-        return "\n".join(lines) + "\n"
-
-
-def collect(query: Query, out: Families) -> None:
+def collect(query: Query, out: Exposition) -> None:
     """Read the admin console through `query` (SHOW ... -> rows as dicts) into `out`."""
     # PgBouncer lists a pool once a client used it (the admin console's pseudo-database "pgbouncer" always:
     # its rows are kept, so the families exist on an idle node too; filter database!="pgbouncer" for traffic).
@@ -119,18 +98,18 @@ def collect(query: Query, out: Families) -> None:
             for column, metric in view.metrics.items():
                 value = _number(row.get(column))
                 if value is not None:
-                    out.add(metric.name, view.kind, metric.help, labels, value * metric.scale)
+                    out.add(metric.name, view.kind, metric.help, value * metric.scale, labels)
     for row in query("SHOW LISTS"):
         metric = LISTS.get(str(row.get("list")))
         value = _number(row.get("items"))
         if metric and value is not None:
-            out.add(metric.name, "gauge", metric.help, [], value)
+            out.add(metric.name, "gauge", metric.help, value)
 
 
 def scrape(query_factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> str:
     """One scrape: connect, read everything, close. pgbouncer_up says whether it worked; the reason goes to
     the journal (never to the metrics: it may name hosts or users)."""
-    out = Families()
+    out = Exposition()
     started = time.monotonic()
     up = 1.0
     close: Optional[Callable[[], None]] = None
@@ -139,7 +118,7 @@ def scrape(query_factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> str
         collect(query, out)
     except Exception as exc:  # any failure to read PgBouncer: pgbouncer_up 0, reason logged
         up = 0.0
-        out = Families()
+        out = Exposition()
         print("pgbouncer_exporter: scrape failed: %s: %s" % (type(exc).__name__, exc), file=sys.stderr, flush=True)
     finally:
         if close is not None:
@@ -147,8 +126,8 @@ def scrape(query_factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> str
                 close()
             except Exception as exc:  # closing a broken connection may fail too
                 print("pgbouncer_exporter: close failed: %s" % exc, file=sys.stderr, flush=True)
-    out.add("pgbouncer_up", "gauge", "1 when PgBouncer's admin console answered this scrape.", [], up)
-    out.add("pgbouncer_exporter_scrape_duration_seconds", "gauge", "Seconds this scrape took.", [],
+    out.add("pgbouncer_up", "gauge", "1 when PgBouncer's admin console answered this scrape.", up)
+    out.add("pgbouncer_exporter_scrape_duration_seconds", "gauge", "Seconds this scrape took.",
             time.monotonic() - started)
     return out.render()
 

@@ -5,8 +5,9 @@ VIP the way a user does, and serves what happened as Prometheus metrics.
 
 Run it as ``python3 registration_probe.py`` with ``<dir>`` on PYTHONPATH, where ``<dir>`` holds the collection's
 ``ansible_collections/mlops/mlflow_ha/plugins/module_utils/`` (``mlflow.py``, ``http_client.py``,
-``resilience.py``, and an empty ``__init__.py`` at each level): the probe talks to MLflow with the collection's own
-client. Nothing else besides the standard library.
+``resilience.py``, ``exposition.py``, and an empty ``__init__.py`` at each level): the probe talks to MLflow with
+the collection's own client and writes its metrics with the collection's writer. Nothing else besides the standard
+library.
 
 Configuration, from the environment (the credentials from a systemd EnvironmentFile; they are never logged):
 
@@ -73,6 +74,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 try:
+    from ansible_collections.mlops.mlflow_ha.plugins.module_utils.exposition import Exposition
     from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
         HttpClientError,
         Response,
@@ -204,14 +206,6 @@ def parse_listen(text: str) -> Tuple[str, int]:
 # -- metrics ----------------------------------------------------------------------------------------------
 
 
-def _value(number: float) -> str:
-    if number == float("inf"):
-        return "+Inf"
-    if float(number).is_integer() and abs(number) < 2 ** 53:
-        return "%d" % number
-    return repr(float(number))
-
-
 class Metrics:
     """The probe's registry: updated by the probe thread, rendered by the HTTP server's threads, one lock."""
 
@@ -252,38 +246,30 @@ class Metrics:
             self.prune_failures += 1
 
     def render(self) -> str:
-        lines: List[str] = []
-
-        def family(name: str, kind: str, text: str, samples: Sequence[Tuple[str, float]]) -> None:
-            lines.append("# HELP %s %s" % (name, text))
-            lines.append("# TYPE %s %s" % (name, kind))
-            lines.extend("%s %s" % (sample, _value(value)) for sample, value in samples)
-
+        page = Exposition(whole=True)
         with self._lock:
-            family("mlflow_probe_registrations_total", "counter",
-                   "Registration cycles the probe finished, failed ones included.",
-                   [("mlflow_probe_registrations_total", self.registrations)])
-            family("mlflow_probe_registration_failures_total", "counter",
-                   "Registration cycles that failed at one of their steps.",
-                   [("mlflow_probe_registration_failures_total", self.failures)])
-            family("mlflow_probe_step_attempts_total", "counter", "Steps of a registration cycle that were started.",
-                   [('mlflow_probe_step_attempts_total{step="%s"}' % s, self.step_attempts[s]) for s in STEPS])
-            family("mlflow_probe_step_failures_total", "counter",
-                   "Steps that failed, ending their registration cycle.",
-                   [('mlflow_probe_step_failures_total{step="%s"}' % s, self.step_failures[s]) for s in STEPS])
-            name = "mlflow_probe_registration_duration_seconds"
-            buckets = [('%s_bucket{le="%s"}' % (name, repr(b)), c) for b, c in zip(BUCKETS, self.bucket_counts)]
-            buckets.append(('%s_bucket{le="+Inf"}' % name, self.duration_count))
-            family(name, "histogram", "Seconds a successful registration took, from the run to the read-back.",
-                   [*buckets, (name + "_sum", self.duration_sum), (name + "_count", self.duration_count)])
-            family("mlflow_probe_last_success_timestamp_seconds", "gauge",
-                   "Unix time of the last successful registration (0 before the first).",
-                   [("mlflow_probe_last_success_timestamp_seconds", self.last_success)])
-            family("mlflow_probe_prune_failures_total", "counter",
-                   "Clean-up requests that failed (finishing the run, deleting old probe versions and runs).",
-                   [("mlflow_probe_prune_failures_total", self.prune_failures)])
-            family("mlflow_probe_up", "gauge", "1 while the probe runs.", [("mlflow_probe_up", 1)])
-        return "\n".join(lines) + "\n"
+            page.add("mlflow_probe_registrations_total", "counter",
+                     "Registration cycles the probe finished, failed ones included.", self.registrations)
+            page.add("mlflow_probe_registration_failures_total", "counter",
+                     "Registration cycles that failed at one of their steps.", self.failures)
+            for step in STEPS:
+                page.add("mlflow_probe_step_attempts_total", "counter",
+                         "Steps of a registration cycle that were started.", self.step_attempts[step],
+                         [("step", step)])
+            for step in STEPS:
+                page.add("mlflow_probe_step_failures_total", "counter",
+                         "Steps that failed, ending their registration cycle.", self.step_failures[step],
+                         [("step", step)])
+            page.histogram("mlflow_probe_registration_duration_seconds",
+                           "Seconds a successful registration took, from the run to the read-back.",
+                           zip(BUCKETS, self.bucket_counts), self.duration_sum, self.duration_count)
+            page.add("mlflow_probe_last_success_timestamp_seconds", "gauge",
+                     "Unix time of the last successful registration (0 before the first).", self.last_success)
+            page.add("mlflow_probe_prune_failures_total", "counter",
+                     "Clean-up requests that failed (finishing the run, deleting old probe versions and runs).",
+                     self.prune_failures)
+            page.add("mlflow_probe_up", "gauge", "1 while the probe runs.", 1)
+        return page.render()
 
 
 # -- the probe --------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ no more than MAX_FENCED (a minority of the cluster).
 Environment: PEERS (name=address,...), HEALTH_PORT (9339), LOCAL_URL (http://127.0.0.1:8080/status), INTERVAL
 (1), TIMEOUT (1), FAIL_AFTER (3), RECOVER_AFTER (2), MAX_FENCED (1), NFT_TABLE (mlflow_ha_fence), NFT_SET
 (fenced), LISTEN (0.0.0.0), TEXTFILE (node_exporter textfile path for the state; empty: none). Logs every change
-to standard output (the journal). Standard library only.
+to standard output (the journal). Standard library only, and exposition.py, the collection's Prometheus text
+writer (plugins/module_utils/exposition.py), which the role copies beside this file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
+
+from exposition import Exposition
 
 
 @dataclass
@@ -183,13 +186,15 @@ def textfile(path: str, peers: List[Peer]) -> Optional[str]:
     """Write the state for node_exporter's textfile collector; returns why not, when it could not."""
     if not path:
         return None
-    lines = ["# HELP mlflow_ha_storage_peer_fenced 1 while this node rejects the peer's storage traffic.",
-             "# TYPE mlflow_ha_storage_peer_fenced gauge"]
-    lines += ['mlflow_ha_storage_peer_fenced{peer="%s"} %d' % (p.name, int(p.fenced)) for p in peers]
+    page = Exposition(whole=True)
+    name, text = "mlflow_ha_storage_peer_fenced", "1 while this node rejects the peer's storage traffic."
+    page.declare(name, "gauge", text)
+    for peer in peers:
+        page.add(name, "gauge", text, int(peer.fenced), [("peer", peer.name)])
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as out:
-            out.write("\n".join(lines) + "\n")
+            out.write(page.render())
         os.replace(tmp, path)
     except OSError as err:
         return "cannot write %s: %s" % (path, err)
