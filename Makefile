@@ -80,7 +80,7 @@ molecule: bootstrap weed etcd wheelhouse
 	MLFLOW_HA_WEED_BINARY="$$(bash tools/build-weed.sh 2>/dev/null | tail -1)" \
 	  MLFLOW_HA_ETCD_BINARIES="$$(bash tools/build-etcd.sh 2>/dev/null | tail -1)" \
 	  MLFLOW_HA_PATRONI_WHEELHOUSE="$${MLFLOW_HA_CACHE:-$(ROOT)/.cache}/wheelhouse/patroni.tar" \
-	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),$(if $(filter-out 1,$(MOLECULE_JOBS)),-n $(MOLECULE_JOBS) --dist load --maxschedchunk 1,))
+	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),$(if $(filter-out 1,$(MOLECULE_JOBS)),-n $(MOLECULE_JOBS) --dist loadgroup,))
 
 # The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).
 e2e: bootstrap weed etcd wheelhouse

@@ -1,7 +1,8 @@
 """Molecule scenarios as pytest tests: one test per scenario, so the run ends with pytest's own count.
 
-`make molecule` runs them two at a time (pytest-xdist, one scenario handed out at a time, longest first): the
-scenarios wait on real services most of their time, so two share the 2 cores well (docs/harness.md). They share
+`make molecule` runs them two at a time (pytest-xdist): each scenario is put in one of two lanes beforehand, longest
+first into the lane with less work (xdist's own load scheduling hands out consecutive pairs, which put the two
+longest scenarios one after the other in one lane). Measured in docs/harness.md. They share
 one Docker network (molecule/shared/platform.yml), created here once before the first scenario and removed
 after the last, and each uses its own fixed addresses and container names."""
 
@@ -12,6 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,11 +58,18 @@ def pytest_generate_tests(metafunc):
         if wanted and len(scenarios) != len(wanted):
             raise ValueError(f"unknown scenario in {sorted(wanted)}; known: "
                              f"{[str(s.relative_to(ROOT)) for s in discover()]}")
-        # Longest first: with two at a time the short ones fill the gaps beside the long ones. Every xdist
-        # worker collects the same order (the file is read before any scenario of this run finishes).
+        # Longest first, each into the lane with the least expected work so far. Every xdist worker collects the
+        # same lanes (the file is read before any scenario of this run finishes).
         expected = expected_seconds()
         scenarios.sort(key=lambda s: (-expected.get(str(s.relative_to(ROOT)), 0), str(s)))
-        metafunc.parametrize("scenario", scenarios, ids=[str(s.relative_to(ROOT)) for s in scenarios])
+        lanes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        work = [0.0] * lanes
+        params = []
+        for s in scenarios:
+            lane = min(range(lanes), key=work.__getitem__)
+            work[lane] += expected.get(str(s.relative_to(ROOT)), 60)
+            params.append(pytest.param(s, id=str(s.relative_to(ROOT)), marks=pytest.mark.xdist_group(f"lane{lane}")))
+        metafunc.parametrize("scenario", params)
 
 
 def _network() -> dict:
