@@ -193,14 +193,16 @@ def configure(params, check_mode, diff_mode=False, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(**change_module_kwargs(dict(
-        config=dict(type="dict", required=True),
-        apply_timeout=dict(type="float", default=0),
-        poll_interval=dict(type="float", default=1),
-        timeout=dict(type="float", default=5),
-        deadline=dict(type="float", default=30),
-        max_attempts=dict(type="int", default=6),
-    )))
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
+            config=dict(type="dict", required=True),
+            apply_timeout=dict(type="float", default=0),
+            poll_interval=dict(type="float", default=1),
+            timeout=dict(type="float", default=5),
+            deadline=dict(type="float", default=30),
+            max_attempts=dict(type="int", default=6),
+        ),
+    ))
     try:
         result = configure(module.params, module.check_mode, module._diff)
     except ChangeError as err:

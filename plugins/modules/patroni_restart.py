@@ -130,13 +130,15 @@ def restart(params, check_mode, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(**change_module_kwargs(dict(
-        member=dict(type="str", required=True),
-        restart_pending=dict(type="bool", default=True),
-        timeout=dict(type="float", default=120),
-        request_timeout=dict(type="float", default=5),
-        poll_interval=dict(type="float", default=2),
-    )))
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
+            member=dict(type="str", required=True),
+            restart_pending=dict(type="bool", default=True),
+            timeout=dict(type="float", default=120),
+            request_timeout=dict(type="float", default=5),
+            poll_interval=dict(type="float", default=2),
+        ),
+    ))
     try:
         result = restart(module.params, module.check_mode)
     except ChangeError as err:

@@ -137,14 +137,16 @@ def switchover(params, check_mode, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(**change_module_kwargs(dict(
-        leader=dict(type="str"),
-        candidate=dict(type="str"),
-        require_healthy_candidate=dict(type="bool", default=True),
-        timeout=dict(type="float", default=60),
-        poll_interval=dict(type="float", default=1),
-        request_timeout=dict(type="float", default=5),
-    )))
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
+            leader=dict(type="str"),
+            candidate=dict(type="str"),
+            require_healthy_candidate=dict(type="bool", default=True),
+            timeout=dict(type="float", default=60),
+            poll_interval=dict(type="float", default=1),
+            request_timeout=dict(type="float", default=5),
+        ),
+    ))
     try:
         result = switchover(module.params, module.check_mode)
     except PatroniError as err:
