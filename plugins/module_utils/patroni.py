@@ -71,8 +71,11 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     Transport,
     TransportError,
     basic_auth,
+    endpoint_list,
     excerpt,
     split_url,
+    tls_argument_spec,
+    transport_from_params,
 )
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import (
     Clock,
@@ -563,6 +566,45 @@ class PatroniClient(ServiceClient):
         response = self.writer.request("POST", "/switchover", json_body=body, headers=self.auth,
                                        expected=(200, 202, 503), idempotent=False)
         return response.status, " ".join(response.text.split())
+
+
+def patroni_argument_spec(auth: bool = True) -> Dict[str, Dict[str, Any]]:
+    """Argument spec of the options every Patroni module shares: ``endpoints`` (doc fragment
+    mlops.mlflow_ha.patroni) and, with ``auth``, ``username`` and ``password`` (mlops.mlflow_ha.patroni.auth)."""
+    spec: Dict[str, Dict[str, Any]] = dict(endpoints=dict(type="list", elements="str", required=True))
+    if auth:
+        spec.update(username=dict(type="str"), password=dict(type="str", no_log=True))
+    return spec
+
+
+def change_module_kwargs(options: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """AnsibleModule's keyword arguments for a Patroni module that changes the cluster: the TLS options,
+    patroni_argument_spec() and the module's own ``options``; a username only with a password, a client key only
+    with a certificate; check mode supported."""
+    return dict(
+        argument_spec=dict(**tls_argument_spec(), **patroni_argument_spec(), **options),
+        required_together=[("username", "password")],
+        required_by={"client_key": "client_cert"},
+        supports_check_mode=True,
+    )
+
+
+def client_from_params(params: Mapping[str, Any], request_timeout: float, deadline: float, max_attempts: int = 6,
+                       write_timeout: float = 60.0, transport: Optional[Transport] = None,
+                       clock: Optional[Clock] = None) -> PatroniClient:
+    """The PatroniClient for a module's parameters (patroni_argument_spec and the TLS options); the timeouts come
+    from the module, whose options for them differ. Without ``auth`` options the client sends no credentials."""
+    return PatroniClient(
+        endpoint_list(params["endpoints"]),
+        username=params.get("username"),
+        password=params.get("password"),
+        transport=transport or transport_from_params(params),
+        clock=clock,
+        request_timeout=request_timeout,
+        deadline=deadline,
+        max_attempts=max_attempts,
+        write_timeout=write_timeout,
+    )
 
 
 def _new_leader_running(cluster: Optional[ClusterView], old_leader: str) -> bool:

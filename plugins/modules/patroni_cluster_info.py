@@ -23,13 +23,6 @@ description:
 author:
   - mlflow-ha developers (@mlflow-ha)
 options:
-  endpoints:
-    description:
-      - Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008). Any member answers for the whole
-        cluster; they are tried in order.
-    type: list
-    elements: str
-    required: true
   require_leader:
     description: Fail when no member holds the leader lock in state running.
     type: bool
@@ -64,6 +57,7 @@ options:
     type: int
     default: 6
 extends_documentation_fragment:
+  - mlops.mlflow_ha.patroni
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.wait
   - mlops.mlflow_ha.info
@@ -190,24 +184,18 @@ gave_up:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    endpoint_list,
-    transport_from_params,
-)
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.info_module import run_info_module
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient, check_health
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import (
+    check_health,
+    client_from_params,
+    patroni_argument_spec,
+)
 
 
 def cluster_info(params, transport=None, clock=None):
     """Return (result, failed-with message or None)."""
-    client = PatroniClient(
-        endpoint_list(params["endpoints"]),
-        transport=transport or transport_from_params(params),
-        clock=clock,
-        request_timeout=params["timeout"],
-        deadline=params["deadline"],
-        max_attempts=params["max_attempts"],
-    )
+    client = client_from_params(params, request_timeout=params["timeout"], deadline=params["deadline"],
+                                max_attempts=params["max_attempts"], transport=transport, clock=clock)
     look = check_health(client, min_replicas=params["min_replicas"], require_streaming=params["require_streaming"],
                         max_lag_bytes=params["max_lag_bytes"], require_sync=params["require_sync_standby"],
                         require_leader=params["require_leader"], wait_timeout=params["wait_timeout"],
@@ -223,7 +211,7 @@ def cluster_info(params, transport=None, clock=None):
 
 def main():
     run_info_module(AnsibleModule, dict(
-        endpoints=dict(type="list", elements="str", required=True),
+        **patroni_argument_spec(auth=False),
         require_leader=dict(type="bool", default=True),
         min_replicas=dict(type="int", default=0),
         require_streaming=dict(type="bool", default=False),

@@ -27,19 +27,6 @@ description:
 author:
   - mlflow-ha developers (@mlflow-ha)
 options:
-  endpoints:
-    description:
-      - Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008). Any member answers for the whole
-        cluster; they are tried in order.
-    type: list
-    elements: str
-    required: true
-  username:
-    description: REST API user (Patroni's C(restapi.authentication.username)); C(PATCH /config) needs it when set.
-    type: str
-  password:
-    description: Password of O(username).
-    type: str
   config:
     description:
       - The wanted dynamic configuration, e.g. C(ttl), C(loop_wait), C(synchronous_mode) and a C(postgresql)
@@ -69,6 +56,8 @@ options:
     type: int
     default: 6
 extends_documentation_fragment:
+  - mlops.mlflow_ha.patroni
+  - mlops.mlflow_ha.patroni.auth
   - mlops.mlflow_ha.tls
 attributes:
   check_mode:
@@ -183,13 +172,8 @@ scheduled_switchover:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    HttpClientError,
-    endpoint_list,
-    tls_argument_spec,
-    transport_from_params,
-)
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import HttpClientError
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import change_module_kwargs, client_from_params
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni_admin import (
     ChangeError,
     apply_dynamic_config,
@@ -198,16 +182,8 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni_admin impo
 
 def configure(params, check_mode, diff_mode=False, transport=None, clock=None):
     """Return the module result; raise ChangeError or HttpClientError."""
-    client = PatroniClient(
-        endpoint_list(params["endpoints"]),
-        username=params["username"],
-        password=params["password"],
-        transport=transport or transport_from_params(params),
-        clock=clock,
-        request_timeout=params["timeout"],
-        deadline=params["deadline"],
-        max_attempts=params["max_attempts"],
-    )
+    client = client_from_params(params, request_timeout=params["timeout"], deadline=params["deadline"],
+                                max_attempts=params["max_attempts"], transport=transport, clock=clock)
     done = apply_dynamic_config(client, params["config"], check_mode=check_mode,
                                 apply_timeout=params["apply_timeout"], poll_interval=params["poll_interval"])
     result = done.to_dict()
@@ -217,12 +193,8 @@ def configure(params, check_mode, diff_mode=False, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
             config=dict(type="dict", required=True),
             apply_timeout=dict(type="float", default=0),
             poll_interval=dict(type="float", default=1),
@@ -230,10 +202,7 @@ def main():
             deadline=dict(type="float", default=30),
             max_attempts=dict(type="int", default=6),
         ),
-        required_together=[("username", "password")],
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
+    ))
     try:
         result = configure(module.params, module.check_mode, module._diff)
     except ChangeError as err:

@@ -25,21 +25,10 @@ description:
 author:
   - mlflow-ha developers (@mlflow-ha)
 options:
-  endpoints:
-    description: Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008); any of them lists the cluster.
-    type: list
-    elements: str
-    required: true
   member:
     description: Name of the member to restart, as C(GET /cluster) lists it.
     type: str
     required: true
-  username:
-    description: REST API user (Patroni's C(restapi.authentication.username)); C(POST /restart) needs it when set.
-    type: str
-  password:
-    description: Password of O(username).
-    type: str
   restart_pending:
     description: Restart only when the member has a restart pending (Patroni's C(restart_pending) condition).
     type: bool
@@ -57,6 +46,8 @@ options:
     type: float
     default: 2
 extends_documentation_fragment:
+  - mlops.mlflow_ha.patroni
+  - mlops.mlflow_ha.patroni.auth
   - mlops.mlflow_ha.tls
 attributes:
   check_mode:
@@ -124,49 +115,30 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    HttpClientError,
-    endpoint_list,
-    tls_argument_spec,
-    transport_from_params,
-)
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import PatroniClient
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import HttpClientError
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import change_module_kwargs, client_from_params
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni_admin import ChangeError, restart_member
 
 
 def restart(params, check_mode, transport=None, clock=None):
     """Return the module result; raise ChangeError or HttpClientError."""
-    client = PatroniClient(
-        endpoint_list(params["endpoints"]),
-        username=params["username"],
-        password=params["password"],
-        transport=transport or transport_from_params(params),
-        clock=clock,
-        request_timeout=params["request_timeout"],
-        deadline=max(1.0, min(30.0, params["timeout"])),
-    )
+    client = client_from_params(params, request_timeout=params["request_timeout"],
+                                deadline=max(1.0, min(30.0, params["timeout"])), transport=transport, clock=clock)
     return restart_member(client, params["member"], restart_pending=params["restart_pending"],
                           check_mode=check_mode, timeout=params["timeout"],
                           poll_interval=params["poll_interval"]).to_dict()
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
             member=dict(type="str", required=True),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
             restart_pending=dict(type="bool", default=True),
             timeout=dict(type="float", default=120),
             request_timeout=dict(type="float", default=5),
             poll_interval=dict(type="float", default=2),
         ),
-        required_together=[("username", "password")],
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
+    ))
     try:
         result = restart(module.params, module.check_mode)
     except ChangeError as err:

@@ -23,17 +23,6 @@ description:
 author:
   - mlflow-ha developers (@mlflow-ha)
 options:
-  endpoints:
-    description: Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008).
-    type: list
-    elements: str
-    required: true
-  username:
-    description: REST API user (Patroni's C(restapi.authentication.username)); unsafe endpoints need it.
-    type: str
-  password:
-    description: Password of O(username).
-    type: str
   leader:
     description: Member to switch over from. Defaults to the current leader; when given, it must be the leader.
     type: str
@@ -60,6 +49,8 @@ options:
     type: float
     default: 5
 extends_documentation_fragment:
+  - mlops.mlflow_ha.patroni
+  - mlops.mlflow_ha.patroni.auth
   - mlops.mlflow_ha.tls
 attributes:
   check_mode:
@@ -123,31 +114,20 @@ members:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
-    HttpClientError,
-    endpoint_list,
-    tls_argument_spec,
-    transport_from_params,
-)
+from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import HttpClientError
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import (
-    PatroniClient,
     PatroniError,
+    change_module_kwargs,
+    client_from_params,
     perform_switchover,
 )
 
 
 def switchover(params, check_mode, transport=None, clock=None):
     """Return the module result; raise PatroniError or HttpClientError."""
-    client = PatroniClient(
-        endpoint_list(params["endpoints"]),
-        username=params["username"],
-        password=params["password"],
-        transport=transport or transport_from_params(params),
-        clock=clock,
-        request_timeout=params["request_timeout"],
-        deadline=max(1.0, min(30.0, params["timeout"])),
-        write_timeout=params["timeout"],
-    )
+    client = client_from_params(params, request_timeout=params["request_timeout"],
+                                deadline=max(1.0, min(30.0, params["timeout"])), write_timeout=params["timeout"],
+                                transport=transport, clock=clock)
     done = perform_switchover(client, leader=params["leader"], candidate=params["candidate"],
                               timeout=params["timeout"], require_healthy_candidate=params["require_healthy_candidate"],
                               check_mode=check_mode, poll_interval=params["poll_interval"])
@@ -157,12 +137,8 @@ def switchover(params, check_mode, transport=None, clock=None):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **tls_argument_spec(),
-            endpoints=dict(type="list", elements="str", required=True),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+    module = AnsibleModule(**change_module_kwargs(
+        options=dict(
             leader=dict(type="str"),
             candidate=dict(type="str"),
             require_healthy_candidate=dict(type="bool", default=True),
@@ -170,10 +146,7 @@ def main():
             poll_interval=dict(type="float", default=1),
             request_timeout=dict(type="float", default=5),
         ),
-        required_together=[("username", "password")],
-        required_by={"client_key": "client_cert"},
-        supports_check_mode=True,
-    )
+    ))
     try:
         result = switchover(module.params, module.check_mode)
     except PatroniError as err:

@@ -14,9 +14,12 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni import (
     PatroniError,
     ReplicationRow,
     assess,
+    change_module_kwargs,
     check_health,
     choose_candidate,
+    client_from_params,
     parse_cluster,
+    patroni_argument_spec,
     perform_switchover,
     streaming_status,
 )
@@ -500,3 +503,37 @@ class TestModules:
         result = patroni_switchover.switchover(params, True, transport, clock)
         assert result["changed"] is True and result["old_leader"] == "pg1" and result["candidate"] == "pg2"
         assert result["new_leader"] is None and [m["name"] for m in result["members"]] == ["pg1", "pg2", "pg3"]
+
+
+class TestModuleHelpers:
+    def test_argument_spec_with_and_without_auth(self):
+        assert patroni_argument_spec(auth=False) == dict(endpoints=dict(type="list", elements="str", required=True))
+        spec = patroni_argument_spec()
+        assert list(spec) == ["endpoints", "username", "password"]
+        assert spec["username"] == dict(type="str") and spec["password"] == dict(type="str", no_log=True)
+        assert patroni_argument_spec() is not spec  # a fresh dict each call: a module may change its copy
+
+    def test_client_from_params_takes_endpoints_credentials_and_timeouts(self, clock):
+        transport = RouteTransport(clock, {})
+        params = dict(endpoints="%s/, %s" % (A, B), username="patroni", password="s3cret")
+        client = client_from_params(params, request_timeout=7.0, deadline=12.0, max_attempts=3, write_timeout=90.0,
+                                    transport=transport, clock=clock)
+        assert isinstance(client, PatroniClient) and client.transport is transport and client.clock is clock
+        assert client.http.endpoints == [A, B] and client.writer.endpoints == [A, B]
+        assert (client.request_timeout, client.deadline, client.max_attempts) == (7.0, 12.0, 3)
+        assert client.writer.request_timeout == 90.0
+        assert client.auth == {"Authorization": "Basic " + base64.b64encode(b"patroni:s3cret").decode("ascii")}
+
+    def test_client_from_params_defaults_without_auth_options(self, clock):
+        params = dict(endpoints=[A], ca_path=None, client_cert=None, client_key=None, validate_certs=True)
+        client = client_from_params(params, request_timeout=5.0, deadline=30.0)
+        assert client.auth == {} and client.max_attempts == 6 and client.writer.request_timeout == 60.0
+        assert client.http.endpoints == [A]
+
+    def test_change_module_kwargs(self):
+        kwargs = change_module_kwargs(dict(member=dict(type="str", required=True)))
+        assert set(kwargs["argument_spec"]) == {"ca_path", "client_cert", "client_key", "validate_certs", "endpoints",
+                                                "username", "password", "member"}
+        assert kwargs["argument_spec"]["password"]["no_log"] is True
+        assert kwargs["required_together"] == [("username", "password")]
+        assert kwargs["required_by"] == {"client_key": "client_cert"} and kwargs["supports_check_mode"] is True

@@ -23,7 +23,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.patroni_admin impo
     restart_member,
     same_setting,
 )
-from ansible_collections.mlops.mlflow_ha.plugins.modules import patroni_config, patroni_restart
+from ansible_collections.mlops.mlflow_ha.plugins.modules import patroni_config, patroni_restart, patroni_switchover
 
 AUTH = "Basic " + base64.b64encode(b"patroni:s3cret").decode()
 STATUS = {A: "http://10.0.0.21:8008/patroni", B: "http://10.0.0.22:8008/patroni", C: "http://10.0.0.23:8008/patroni"}
@@ -355,9 +355,11 @@ def documented(module):
     doc = yaml.safe_load(module.DOCUMENTATION)
     options = dict(doc["options"])
     for fragment in doc.get("extends_documentation_fragment", []):
-        source = importlib.import_module("ansible_collections.mlops.mlflow_ha.plugins.doc_fragments."
-                                         + fragment.rpartition(".")[2])
-        options.update(yaml.safe_load(source.ModuleDocFragment.DOCUMENTATION).get("options", {}))
+        # mlops.mlflow_ha.<fragment>[.<variant>]: a variant is the fragment class's attribute of that name, upper case
+        name, _sep, variant = fragment.split(".", 2)[2].partition(".")
+        source = importlib.import_module("ansible_collections.mlops.mlflow_ha.plugins.doc_fragments." + name)
+        text = getattr(source.ModuleDocFragment, variant.upper() or "DOCUMENTATION")
+        options.update(yaml.safe_load(text).get("options", {}))
     return doc, options
 
 
@@ -378,9 +380,17 @@ def restart_params(**kw):
     return base
 
 
+def switchover_params(**kw):
+    base = dict(TLS, endpoints=[A, B, C], username="patroni", password="s3cret", leader=None, candidate=None,
+                require_healthy_candidate=True, timeout=60.0, poll_interval=1.0, request_timeout=5.0)
+    base.update(kw)
+    return base
+
+
 class TestModules:
     @pytest.mark.parametrize(("module", "params"), [(patroni_config, config_params),
-                                                    (patroni_restart, restart_params)])
+                                                    (patroni_restart, restart_params),
+                                                    (patroni_switchover, switchover_params)])
     def test_documentation_matches_the_argument_spec(self, monkeypatch, module, params):
         doc, options = documented(module)
         spec = argument_spec_of(module, monkeypatch)
