@@ -50,6 +50,7 @@ lint: venv
 	ansible-lint
 	ruff check plugins tests tools roles
 	python tools/check_argument_specs.py
+	python tools/check_release.py
 
 sanity: venv
 	bash tools/sanity.sh

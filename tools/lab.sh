@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The local lab (inventories/lab): tools/lab.sh up | converge | validate | destroy | urls
-#   up        harness prerequisites (weed and etcd binaries, wheelhouses), containers, site.yml, validate.yml, URLs
+# The local lab (inventories/lab): tools/lab.sh up | converge | validate | play | destroy | urls
+#   up        harness prerequisites (weed and etcd binaries, wheelhouses), containers, site.yml, validate.yml, URLs;
+#             with MLFLOW_HA_LAB_CHECK=1 (the end-to-end test) `site.yml --check` on the new, empty hosts first
 #   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
 #   validate  playbooks/validate.yml
+#   play NAME PLAYBOOK [ansible-playbook options]  any playbook against the lab, logged as NAME
 #   destroy   remove the lab's containers and network
 # Ansible's output goes to tests/output/lab/<step>.log as well as the terminal.
 source "$(dirname "$0")/lib.sh"
@@ -60,6 +62,11 @@ case "${1:-up}" in
   up)
     prerequisites
     playbook create "$ROOT/tools/lab/create.yml"
+    # What a user runs before a first deploy: every role must get through check mode on hosts where nothing is
+    # installed yet (the molecule scenarios' `check` step, for the whole site).
+    if [ -n "${MLFLOW_HA_LAB_CHECK:-}" ]; then
+      playbook site-check "$ROOT/playbooks/site.yml" --check
+    fi
     playbook site "$ROOT/playbooks/site.yml"
     playbook validate "$ROOT/playbooks/validate.yml"
     urls
@@ -71,6 +78,11 @@ case "${1:-up}" in
   validate)
     playbook validate "$ROOT/playbooks/validate.yml"
     ;;
+  play)
+    [ $# -ge 3 ] || die "usage: tools/lab.sh play NAME PLAYBOOK [ansible-playbook options]"
+    prerequisites
+    playbook "$2" "$3" "${@:4}"
+    ;;
   destroy)
     playbook destroy "$ROOT/tools/lab/destroy.yml"
     ;;
@@ -78,6 +90,6 @@ case "${1:-up}" in
     urls
     ;;
   *)
-    die "usage: tools/lab.sh up|converge|validate|destroy|urls"
+    die "usage: tools/lab.sh up|converge|validate|play|destroy|urls"
     ;;
 esac

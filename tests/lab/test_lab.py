@@ -9,6 +9,9 @@ PostgreSQL leader that also leads etcd freezes (docker pause), the PostgreSQL le
 disconnect, reconnect with its address), the storage node serving S3, an MLflow server and the VIP holder
 freeze. Asserted: every acknowledged
 registration exists exactly once with a readable, byte-identical artifact, and the stack validates at the end.
+Then the checks of the postgres_ha and storage_ha scenarios run against the lab (their verify playbooks; `make
+test` skips converging those stacks a second time in molecule). The lab itself starts with `site.yml --check` on
+the empty hosts.
 Failed client calls and recovery seconds are reported (tests/output/lab/chaos.json), never asserted: timings
 belong to benchmarks (make bench). MLFLOW_HA_KEEP_LAB=1 keeps the lab afterwards; MLFLOW_HA_REUSE_LAB=1 tests a
 lab that is already up instead of building a fresh one (developers; CI always builds fresh)."""
@@ -26,7 +29,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboards import all_queries, check_queries
-from labctl import OUTPUT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
+from labctl import OUTPUT, ROOT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
 from observability import Monitoring
 
 
@@ -45,7 +48,8 @@ def lab():
     lab = Lab.load()
     if not (os.environ.get("MLFLOW_HA_REUSE_LAB") and lab.http_ok(f"{lab.mlflow_url}/lb-health")):
         run_lab("destroy")
-        up = run_lab("up")
+        # site.yml --check on the empty hosts first: every role through check mode before anything is installed.
+        up = run_lab("up", env={"MLFLOW_HA_LAB_CHECK": "1"})
         assert up.returncode == 0, f"tools/lab.sh up failed (logs in {OUTPUT})\n{tail(up.stdout + up.stderr)}"
     yield lab
     if not os.environ.get("MLFLOW_HA_KEEP_LAB"):
@@ -145,3 +149,21 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
     assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
     final = run_lab("validate")
     assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
+
+
+# -- The tier scenarios' checks, on the lab ---------------------------------------------------------------------
+# molecule/postgres_ha and molecule/storage_ha converge the same database and storage stacks as the lab; `make
+# test` runs their verify playbooks here instead of converging second copies (`make molecule` alone still runs
+# the scenarios whole). The lab's chaos test above already kills, freezes and cuts the PostgreSQL leader and a
+# storage node under registration load, so the scenarios' own machine kills are left out here.
+
+def test_the_postgres_ha_scenario_checks_pass_on_the_lab(lab):
+    run = run_lab("play", "postgres-ha-verify", str(ROOT / "molecule" / "postgres_ha" / "verify.yml"),
+                  "-e", "verify_machine_kill=false")
+    assert run.returncode == 0, f"molecule/postgres_ha/verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
+
+
+def test_the_storage_ha_scenario_checks_pass_on_the_lab(lab):
+    run = run_lab("play", "storage-ha-verify", str(ROOT / "molecule" / "storage_ha" / "verify.yml"),
+                  "-e", "verify_node_loss=false")
+    assert run.returncode == 0, f"molecule/storage_ha/verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
