@@ -21,8 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -127,6 +131,42 @@ def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
                       f"MLflowServerDown for {victim} resolved in Alertmanager", interval=5)
     print(f"and resolved {took:.0f} s after the restart")
     wait_until(lab.mlflow_whole, 120, "every MLflow server healthy again")
+
+
+# -- Clients --------------------------------------------------------------------------------------------------
+
+def clients_doc_blocks() -> tuple[str, str]:
+    """The shell and Python blocks that docs/clients.md marks as tested, in that order."""
+    text = (ROOT / "docs" / "clients.md").read_text()
+    tested = text[text.index("<!-- tested:"):]
+    shell = re.search(r"```bash\n(.*?)```", tested, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", tested, re.S).group(1)
+    return shell, python
+
+
+def test_the_official_client_works_as_docs_clients_md_says(lab):
+    """A user's machine, as docs/clients.md sets it up: only the tracking URL, the CA file and the client settings
+    the page lists (fresh HOME, no other MLflow or CA variable). Logs a run with a 3 MiB artifact, registers it,
+    finds it, and loads it back with download_artifacts("models:/..."), the way mlflow.pyfunc.load_model reads."""
+    shell, python = clients_doc_blocks()
+    exported = dict(re.findall(r"^export (\w+)=(\S+)", shell, re.M))
+    site = {"MLFLOW_TRACKING_URI": f"https://{lab.vip}",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ROOT / "inventories" / "pki" / "lab" / "ca.crt")}
+    assert set(site) <= set(exported), f"docs/clients.md no longer sets {sorted(set(site) - set(exported))}"
+    # The servers proxy every transfer: server-info must not send clients to presigned S3 URLs.
+    context = ssl.create_default_context(cafile=site["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    with urllib.request.urlopen(f"{site['MLFLOW_TRACKING_URI']}/api/3.0/mlflow/server-info", timeout=10,
+                                context=context) as answer:
+        info = json.load(answer)
+    assert not info.get("multipart_downloads_enabled") and not info.get("multipart_uploads_enabled"), info
+    with tempfile.TemporaryDirectory() as home:
+        env = {"PATH": os.environ["PATH"], "HOME": home, **exported, **site,
+               # The 3 MiB artifact takes the path a file above MLflow's 500 MiB multipart threshold takes.
+               "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(1024 * 1024)}
+        run = subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], "-c", python], cwd=home, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, f"docs/clients.md's Python failed:\n{tail(run.stdout + run.stderr)}"
+    assert "loaded laptop-check-model" in run.stdout, run.stdout
 
 
 # -- Faults ---------------------------------------------------------------------------------------------------

@@ -178,3 +178,87 @@ def test_the_server_runs_the_basic_auth_app_exactly_when_auth_is_on():
     assert render("mlflow", "_mlflow_entry_points_txt") == "[mlflow.app]\n" + "".join(
         "%s = %s:%s\n" % (app["name"], MLFLOW_VARS["_mlflow_app_module"], app["factory"])
         for app in MLFLOW_VARS["_mlflow_apps"])
+
+
+# -- Artifact transfers: proxied only unless presigned ones are asked for ----------------------------------------
+
+SERVER_INFO = {"store_type": "SqlStore", "workspaces_enabled": False, "multipart_uploads_enabled": True,
+               "multipart_downloads_enabled": True, "presigned_upload_run_id_supported": True}
+
+
+class ServerInfo(Inner):
+    """MLflow's server-info answer, in two body chunks with its own content-length."""
+
+    async def __call__(self, scope, receive, send):
+        self.seen.append(scope)
+        body = json.dumps(SERVER_INFO).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body[:10], "more_body": True})
+        await send({"type": "http.response.body", "body": body[10:]})
+
+
+def get(app, path):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send))
+    return sent
+
+
+def test_server_info_says_multipart_transfers_are_off_and_keeps_every_other_field():
+    for path in ("/api/3.0/mlflow/server-info", "/ajax-api/3.0/mlflow/server-info",
+                 "/prefix/api/3.0/mlflow/server-info"):
+        sent = get(app_module.ProxiedTransfers(ServerInfo()), path)
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        info = json.loads(body)
+        assert info == dict(SERVER_INFO, multipart_uploads_enabled=False, multipart_downloads_enabled=False), path
+        headers = dict(sent[0]["headers"])
+        assert headers[b"content-length"] == str(len(body)).encode()
+        assert headers[b"content-type"] == b"application/json"
+
+
+def test_presigned_downloads_and_multipart_uploads_are_refused_with_the_message_the_client_falls_back_on():
+    for path in ("/api/2.0/mlflow-artifacts/presigned/1/abc/artifacts/model.pkl",
+                 "/ajax-api/2.0/mlflow-artifacts/mpu/create/1/abc/artifacts/big.bin"):
+        inner = Inner()
+        sent = get(app_module.ProxiedTransfers(inner), path)
+        assert sent[0]["status"] == 501
+        assert json.loads(sent[1]["body"])["message"].startswith(
+            "Multipart upload is not supported for the current artifact repository")
+        assert not inner.seen
+
+
+def test_other_requests_pass_unchanged_including_proxied_artifact_transfers():
+    inner = Inner()
+    app = app_module.ProxiedTransfers(inner)
+    for path in ("/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/model.pkl", "/health",
+                 "/api/2.0/mlflow/registered-models/create"):
+        sent = get(app, path)
+        assert sent == [{"type": "http.response.start", "status": 200, "headers": []},
+                        {"type": "http.response.body", "body": b"ok"}]
+    assert len(inner.seen) == 3
+
+
+def test_an_error_answer_of_server_info_is_passed_as_it_is():
+    class Failing(Inner):
+        async def __call__(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"multipart_downloads_enabled": true}'})
+
+    sent = get(app_module.ProxiedTransfers(Failing()), "/api/3.0/mlflow/server-info")
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"]) == {"multipart_downloads_enabled": True}
+
+
+def test_the_environment_decides_whether_transfers_are_proxied_only():
+    inner = Inner()
+    assert isinstance(app_module.transfers(inner, {}), app_module.ProxiedTransfers)
+    assert isinstance(app_module.transfers(inner, {"MLFLOW_HA_PRESIGNED_TRANSFERS": "false"}),
+                      app_module.ProxiedTransfers)
+    assert app_module.transfers(inner, {"MLFLOW_HA_PRESIGNED_TRANSFERS": "true"}) is inner

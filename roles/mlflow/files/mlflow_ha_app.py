@@ -23,9 +23,19 @@ role's vars (`_mlflow_apps`), which the role registers: MLflow's app, and MLflow
 factories: `mlflow server` imports this module in its supervising process to tell whether the entry is a factory,
 and MLflow itself is only imported by the workers.
 
+Artifact transfers (ProxiedTransfers, ASGI): MLflow 3.17 serving proxied S3 artifacts advertises multipart
+downloads and uploads in /api/3.0/mlflow/server-info, and the official client then fetches every artifact (and
+uploads large ones) through presigned URLs of the S3 endpoint, directly: a client outside the cluster that does not
+reach or trust that endpoint retries for minutes. The server has no switch for it (docs/notes/
+mlflow-presigned-downloads.md). Unless presigned transfers are wanted, the server-info answer says both are off
+(every other field is MLflow's own), and the presigned-download and multipart-create endpoints answer 501 with
+the message MLflow's client falls back on: every byte goes through the tracking servers, as `--serve-artifacts`
+promises, and a user needs only the tracking server's URL, CA and credentials.
+
 Environment: MLFLOW_HA_DEADLINE_HEADER (header name; empty: no guard), MLFLOW_HA_DEADLINE_GRACE_MS (a request is
 still served this many milliseconds past its deadline, for clock skew between client and server; 0 by default:
-the server rejects rather than risks a duplicate).
+the server rejects rather than risks a duplicate), MLFLOW_HA_PRESIGNED_TRANSFERS ("true": MLflow's own
+advertisement and presigned endpoints, for clients that reach and trust the S3 endpoint; otherwise proxied only).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import time
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Dict, Optional
@@ -149,6 +160,90 @@ def install_commit_guard(grace_ms: int) -> CommitGuard:
     return listener
 
 
+# MLflow registers each REST route under /api/<version>/ and /ajax-api/<version>/, optionally behind a static prefix.
+SERVER_INFO_PATH = re.compile(r"^(/.*)?/(api|ajax-api)/3\.0/mlflow/server-info/?$")
+PRESIGNED_PATH = re.compile(r"^(/.*)?/(api|ajax-api)/2\.0/mlflow-artifacts/(presigned|mpu/create)/")
+MULTIPART_FLAGS = ("multipart_downloads_enabled", "multipart_uploads_enabled")
+# The message MLflow's client recognises (mlflow.exceptions._UnsupportedMultipartUploadException.MESSAGE): it then
+# uploads through the server instead. A presigned download refused with 501 falls back likewise.
+UNSUPPORTED_MESSAGE = "Multipart upload is not supported for the current artifact repository"
+
+
+class ProxiedTransfers:
+    """ASGI middleware: artifacts travel through the tracking servers only. The server-info answer says multipart
+    (presigned) transfers are off, and the presigned-download and multipart-create endpoints answer 501."""
+
+    def __init__(self, app: AsgiApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        if path and SERVER_INFO_PATH.match(path):
+            await self.app(scope, receive, self.rewriting(send))
+        elif path and PRESIGNED_PATH.match(path):
+            await respond_json(send, 501, {
+                "error_code": "NOT_IMPLEMENTED",
+                "message": UNSUPPORTED_MESSAGE + ": this server proxies every artifact transfer (presigned S3 URLs "
+                           "are off; mlflow_presigned_transfers in the mlflow role turns them on).",
+            })
+        else:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    def rewriting(send: Send) -> Send:
+        """A send that holds the response back, and sets the multipart flags off in a successful JSON body."""
+        held: Dict[str, Any] = {"start": None, "body": b""}
+
+        async def rewrite(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                held["start"] = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            held["body"] += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            start, body = held["start"], held["body"]
+            if start is not None and start.get("status") == 200:
+                body = without_multipart(body)
+            headers = [(k, v) for k, v in (start or {}).get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send(dict(start or {"type": "http.response.start", "status": 200}, headers=headers))
+            await send({"type": "http.response.body", "body": body})
+
+        return rewrite
+
+
+def without_multipart(body: bytes) -> bytes:
+    """The server-info JSON with the multipart flags false (anything that is not such a JSON object unchanged)."""
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(info, dict):
+        return body
+    for flag in MULTIPART_FLAGS:
+        if flag in info:
+            info[flag] = False
+    return json.dumps(info).encode()
+
+
+async def respond_json(send: Send, status: int, payload: Dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def transfers(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
+    """Proxied transfers only, unless the environment asks for MLflow's presigned ones."""
+    env = os.environ if environ is None else environ
+    if env.get("MLFLOW_HA_PRESIGNED_TRANSFERS", "").strip().lower() == "true":
+        return app
+    return ProxiedTransfers(app)
+
+
 def guard(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
     """Wrap app in the deadline guard the environment configures (or return it as it is when no header is set)."""
     env = os.environ if environ is None else environ
@@ -159,11 +254,12 @@ def guard(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
 
 
 def guard_server(app: AsgiApp) -> AsgiApp:
-    """The guard at the door, and (when it is on) the one at the commit, as the environment configures them."""
+    """The guard at the door, and (when it is on) the one at the commit, as the environment configures them; the
+    artifact transfer policy outside both (a refused presigned request never reaches MLflow)."""
     guarded = guard(app)
     if isinstance(guarded, DeadlineGuard):
         install_commit_guard(guarded.grace_ms)
-    return guarded
+    return transfers(guarded)
 
 
 def create_app() -> AsgiApp:
