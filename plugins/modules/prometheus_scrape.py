@@ -56,6 +56,14 @@ options:
     description: Requests to make at most, over all endpoints.
     type: int
     default: 6
+  username:
+    description:
+      - User for HTTP basic auth, for metrics pages behind a login (MLflow's basic-auth app serves C(/metrics) to
+        admins only).
+    type: str
+  password:
+    description: Password of O(username).
+    type: str
 extends_documentation_fragment:
   - mlops.mlflow_ha.tls
   - mlops.mlflow_ha.info
@@ -113,6 +121,7 @@ from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import
     HttpClient,
     HttpClientError,
     base_url,
+    basic_auth,
     endpoint_list,
     tls_argument_spec,
     transport_from_params,
@@ -129,7 +138,7 @@ def scrape(params, transport=None):
         policy=RetryPolicy(max_attempts=params["max_attempts"], deadline=params["deadline"]),
         request_timeout=params["timeout"],
         transport=transport or transport_from_params(params),
-        headers={"Accept": "text/plain"},
+        headers=dict({"Accept": "text/plain"}, **basic_auth(params.get("username"), params.get("password"))),
     )
     response = client.request("GET", params["path"])
     samples = parse(response.text)
@@ -158,7 +167,10 @@ def main():
             timeout=dict(type="float", default=5),
             deadline=dict(type="float", default=30),
             max_attempts=dict(type="int", default=6),
+            username=dict(type="str"),
+            password=dict(type="str", no_log=True),
         ),
+        required_together=[("username", "password")],
         supports_check_mode=True,
     )
     try:

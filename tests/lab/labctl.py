@@ -32,6 +32,9 @@ class Lab:
     groups: dict[str, list[str]]
     vip: str
     network: str = "mlflow-ha-lab"
+    # MLflow's login (basic auth, on unless the inventory turns it off): the mlflow role's admin.
+    mlflow_username: str = ""
+    mlflow_password: str = ""
     container_prefix: str = "mlflow-ha-lab-"
     log: list[str] = field(default_factory=list)
 
@@ -46,7 +49,17 @@ class Lab:
                 if hv and "lab_address" in hv:
                     hosts[host] = hv["lab_address"]
         site = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())
-        return cls(hosts=hosts, groups=groups, vip=site["mlflow_ha_vip"], network=site["lab_network"]["name"])
+        auth = site.get("mlflow_auth_enabled", True)
+        return cls(hosts=hosts, groups=groups, vip=site["mlflow_ha_vip"], network=site["lab_network"]["name"],
+                   mlflow_username=site.get("mlflow_auth_admin_username", "admin") if auth else "",
+                   mlflow_password=site.get("mlflow_auth_admin_password", "") if auth else "")
+
+    def client_env(self) -> dict[str, str]:
+        """The official client's CA and login settings (docs/clients.md), for its environment."""
+        env = {"MLFLOW_TRACKING_SERVER_CERT_PATH": self.ca_path}
+        if self.mlflow_username:
+            env.update(MLFLOW_TRACKING_USERNAME=self.mlflow_username, MLFLOW_TRACKING_PASSWORD=self.mlflow_password)
+        return env
 
     # -- containers -------------------------------------------------------------------------------------
     def container(self, host: str) -> str:
@@ -84,7 +97,17 @@ class Lab:
     # -- questions --------------------------------------------------------------------------------------
     @property
     def mlflow_url(self) -> str:
+        """Plain HTTP on the VIP: the load balancers' health paths (everything else redirects to HTTPS)."""
         return f"http://{self.vip}"
+
+    @property
+    def api_url(self) -> str:
+        """What clients use: HTTPS on the VIP, the collection CA (ca_path) trusted."""
+        return f"https://{self.vip}"
+
+    @property
+    def ca_path(self) -> str:
+        return str(ROOT / "inventories" / "pki" / "lab" / "ca.crt")
 
     def patroni_cluster(self) -> Optional[dict]:
         for host in self.groups["postgres"]:
@@ -287,9 +310,9 @@ class Load:
         self.python = os.environ["MLFLOW_HA_CLIENT_PYTHON"]
         self.log = (out / f"{name}.load.log").open("w")
         self.proc = subprocess.Popen(
-            [self.python, str(LOAD_SCRIPT), "run", "--tracking-uri", lab.mlflow_url, "--events", str(self.events),
+            [self.python, str(LOAD_SCRIPT), "run", "--tracking-uri", lab.api_url, "--events", str(self.events),
              "--stop-file", str(self.stop_file), "--workers", str(workers), "--prefix", f"lab-{name}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **lab.client_env()))
 
     def events_list(self) -> list[dict]:
         return read_events(self.events)
@@ -307,9 +330,9 @@ class Load:
         self.log.close()
 
     def verify(self) -> dict:
-        out = subprocess.run([self.python, str(LOAD_SCRIPT), "verify", "--tracking-uri", self.lab.mlflow_url,
+        out = subprocess.run([self.python, str(LOAD_SCRIPT), "verify", "--tracking-uri", self.lab.api_url,
                               "--events", str(self.events), "--out", str(self.verify_out)],
-                             capture_output=True, text=True, check=False)
+                             capture_output=True, text=True, check=False, env=dict(os.environ, **self.lab.client_env()))
         if not self.verify_out.exists():
             raise RuntimeError(f"verify wrote no result:\n{tail(out.stdout + out.stderr)}")
         return json.loads(self.verify_out.read_text())

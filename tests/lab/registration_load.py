@@ -19,10 +19,12 @@ duplicated or unreadable.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
 import random
+import ssl
 import sys
 import tempfile
 import threading
@@ -216,8 +218,21 @@ def read_artifact(tracking_uri: str, uri: str) -> bytes:
     """GET an mlflow-artifacts:/ URI through the tracking server's proxied artifact API (what users read)."""
     path = uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
     url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    request = urllib.request.Request(url, headers=login_header())
+    # The CA the official client trusts (MLFLOW_TRACKING_SERVER_CERT_PATH), for an HTTPS tracking URI.
+    ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+    context = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
+    with urllib.request.urlopen(request, timeout=30, context=context) as resp:
         return resp.read()
+
+
+def login_header() -> dict:
+    """The basic-auth header of the login the official client uses (MLFLOW_TRACKING_USERNAME/PASSWORD), if any."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    if not user:
+        return {}
+    token = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def read_events(path: Path) -> list[dict]:

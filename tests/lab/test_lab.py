@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -135,36 +136,62 @@ def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
 
 # -- Clients --------------------------------------------------------------------------------------------------
 
-def clients_doc_blocks() -> tuple[str, str]:
-    """The shell and Python blocks that docs/clients.md marks as tested, in that order."""
+def clients_doc_blocks() -> tuple[str, str, str]:
+    """The admin's Python block, and the user's shell and Python blocks, that docs/clients.md marks as tested."""
     text = (ROOT / "docs" / "clients.md").read_text()
+    admin = re.search(r"```python\n(.*?)```", text[text.index("<!-- tested-admin:"):], re.S).group(1)
     tested = text[text.index("<!-- tested:"):]
     shell = re.search(r"```bash\n(.*?)```", tested, re.S).group(1)
     python = re.search(r"```python\n(.*?)```", tested, re.S).group(1)
-    return shell, python
+    return admin, shell, python
+
+
+def run_client(python: str, env: dict[str, str], home: str) -> subprocess.CompletedProcess:
+    return subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], "-c", python], cwd=home,
+                          env={"PATH": os.environ["PATH"], "HOME": home, **env},
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_the_official_client_works_as_docs_clients_md_says(lab):
-    """A user's machine, as docs/clients.md sets it up: only the tracking URL, the CA file and the client settings
-    the page lists (fresh HOME, no other MLflow or CA variable). Logs a run with a 3 MiB artifact, registers it,
-    finds it, and loads it back with download_artifacts("models:/..."), the way mlflow.pyfunc.load_model reads."""
-    shell, python = clients_doc_blocks()
+    """A user's machine, as docs/clients.md sets it up: the admin creates the user with the page's block, then the
+    user's shell settings (the tracking URL, the CA file, the user and password, the client settings the page
+    lists; fresh HOME, nothing else) and Python block: a run with a 3 MiB artifact, registered, found, and loaded
+    back with download_artifacts("models:/..."), the way mlflow.pyfunc.load_model reads. An anonymous write is
+    refused."""
+    admin, shell, python = clients_doc_blocks()
     exported = dict(re.findall(r"^export (\w+)=(\S+)", shell, re.M))
+    user, password = f"laptop-{int(time.time())}", f"laptop-password-{os.getpid()}-{int(time.time())}"
     site = {"MLFLOW_TRACKING_URI": f"https://{lab.vip}",
             "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ROOT / "inventories" / "pki" / "lab" / "ca.crt")}
+    if lab.mlflow_username:
+        site.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
     assert set(site) <= set(exported), f"docs/clients.md no longer sets {sorted(set(site) - set(exported))}"
-    # The servers proxy every transfer: server-info must not send clients to presigned S3 URLs.
     context = ssl.create_default_context(cafile=site["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+
+    def call(method: str, path: str) -> int:
+        request = urllib.request.Request(f"{site['MLFLOW_TRACKING_URI']}{path}", method=method,
+                                         data=b"{}" if method == "POST" else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+                return answer.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    # The servers proxy every transfer: server-info (public) must not send clients to presigned S3 URLs.
     with urllib.request.urlopen(f"{site['MLFLOW_TRACKING_URI']}/api/3.0/mlflow/server-info", timeout=10,
                                 context=context) as answer:
         info = json.load(answer)
     assert not info.get("multipart_downloads_enabled") and not info.get("multipart_uploads_enabled"), info
     with tempfile.TemporaryDirectory() as home:
-        env = {"PATH": os.environ["PATH"], "HOME": home, **exported, **site,
-               # The 3 MiB artifact takes the path a file above MLflow's 500 MiB multipart threshold takes.
-               "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(1024 * 1024)}
-        run = subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], "-c", python], cwd=home, env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
+        if lab.mlflow_username:
+            assert call("POST", "/api/2.0/mlflow/registered-models/create") == 401, "an anonymous write got in"
+            admin_block = admin.replace('"alice"', f'"{user}"').replace('"alice-chooses-12-or-more"', f'"{password}"')
+            made = run_client(admin_block, {**site, **lab.client_env()}, home)
+            assert made.returncode == 0, f"docs/clients.md's admin block failed:\n{tail(made.stdout + made.stderr)}"
+        # The 3 MiB artifact takes the path a file above MLflow's 500 MiB multipart threshold takes.
+        run = run_client(python, {**exported, **site, "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(1024 * 1024)},
+                         home)
     assert run.returncode == 0, f"docs/clients.md's Python failed:\n{tail(run.stdout + run.stderr)}"
     assert "loaded laptop-check-model" in run.stdout, run.stdout
 

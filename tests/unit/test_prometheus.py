@@ -6,6 +6,7 @@ import math
 
 import pytest
 from fakes import FakeTransport, refused
+from role_vars import render
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import HttpClientError, Response
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import ParseError, families, parse
@@ -80,3 +81,21 @@ def test_scrape_error_names_component(clock):
     transport = FakeTransport(clock, {"http://a:9100": [refused()], "http://b:9100": [refused()]})
     with pytest.raises(HttpClientError, match=r"^node_exporter on pg1: GET /metrics failed"):
         prometheus_scrape.scrape(params(max_attempts=2), transport=transport)
+
+
+def test_scrape_logs_in_with_basic_auth_when_given_a_user(clock):
+    transport = FakeTransport(clock, {"http://a:5000": [Response(200, PAGE.encode(), {}, "http://a:5000/metrics")]})
+    prometheus_scrape.scrape(params(endpoints=["http://a:5000"], username="admin", password="s3cret-pass"),
+                             transport=transport)
+    assert transport.headers[-1]["Authorization"] == "Basic YWRtaW46czNjcmV0LXBhc3M="
+    transport = FakeTransport(clock, {"http://a:5000": [Response(200, PAGE.encode(), {}, "http://a:5000/metrics")]})
+    prometheus_scrape.scrape(params(endpoints=["http://a:5000"]), transport=transport)
+    assert "Authorization" not in transport.headers[-1]
+
+
+def test_only_jobs_with_a_user_and_a_password_get_a_password_file():
+    jobs = [{"job": "mlflow", "group": "mlflow", "port": 5000, "username": "admin", "password": "admin-password"},
+            {"job": "node", "group": "postgres", "port": 9100},
+            {"job": "auth_off", "group": "mlflow", "port": 5000, "username": "", "password": "x"},
+            {"job": "no_password", "group": "postgres", "port": 9187, "username": "admin", "password": ""}]
+    assert [j["job"] for j in render("prometheus", "_prometheus_login_jobs", prometheus_jobs=jobs)] == ["mlflow"]

@@ -167,6 +167,8 @@ MULTIPART_FLAGS = ("multipart_downloads_enabled", "multipart_uploads_enabled")
 # The message MLflow's client recognises (mlflow.exceptions._UnsupportedMultipartUploadException.MESSAGE): it then
 # uploads through the server instead. A presigned download refused with 501 falls back likewise.
 UNSUPPORTED_MESSAGE = "Multipart upload is not supported for the current artifact repository"
+REFUSED_MESSAGE = (UNSUPPORTED_MESSAGE + ": this server proxies every artifact transfer (presigned S3 URLs are off; "
+                   "mlflow_presigned_transfers in the mlflow role turns them on).")
 
 
 class ProxiedTransfers:
@@ -181,11 +183,7 @@ class ProxiedTransfers:
         if path and SERVER_INFO_PATH.match(path):
             await self.app(scope, receive, self.rewriting(send))
         elif path and PRESIGNED_PATH.match(path):
-            await respond_json(send, 501, {
-                "error_code": "NOT_IMPLEMENTED",
-                "message": UNSUPPORTED_MESSAGE + ": this server proxies every artifact transfer (presigned S3 URLs "
-                           "are off; mlflow_presigned_transfers in the mlflow role turns them on).",
-            })
+            await respond_json(send, 501, {"error_code": "NOT_IMPLEMENTED", "message": REFUSED_MESSAGE})
         else:
             await self.app(scope, receive, send)
 
