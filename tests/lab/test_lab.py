@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboards import all_queries, check_queries
@@ -213,6 +214,83 @@ def test_the_official_client_works_as_docs_clients_md_says(lab):
                          home)
     assert run.returncode == 0, f"docs/clients.md's Python failed:\n{tail(run.stdout + run.stderr)}"
     assert "loaded laptop-check-model" in run.stdout, run.stdout
+
+
+# -- Refusals ------------------------------------------------------------------------------------------------
+
+# Run inside a lab host: one request, the HTTP status on stdout (the collection CA when the host has it).
+STATUS_SCRIPT = """
+import base64, os, ssl, sys, urllib.error, urllib.request
+method, url, user, password = sys.argv[1:5]
+ca = "/usr/local/share/ca-certificates/mlflow-ha-ca.crt"
+context = ssl.create_default_context(cafile=ca) if os.path.exists(ca) else ssl._create_unverified_context()
+headers = {"Content-Type": "application/json"}
+if user:
+    headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+request = urllib.request.Request(url, method=method, data=b"{}" if method in ("POST", "PUT") else None,
+                                 headers=headers)
+try:
+    print(opener.open(request, timeout=10).status)
+except urllib.error.HTTPError as err:
+    print(err.code)
+"""
+
+
+def status_from(lab, host: str, method: str, url: str, user: str = "", password: str = "") -> int:
+    """The HTTP status a request from ``host`` (a lab host, or "controller") gets, redirects not followed."""
+    if host == "controller":
+        out = subprocess.run([sys.executable, "-c", STATUS_SCRIPT.replace(
+            '"/usr/local/share/ca-certificates/mlflow-ha-ca.crt"', repr(lab.ca_path)), method, url, user, password],
+            capture_output=True, text=True, check=False).stdout
+    else:
+        out = lab.exec(host, "python3", "-c", STATUS_SCRIPT, method, url, user, password)
+    try:
+        return int(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return -1
+
+
+def test_what_must_be_refused_is_refused(lab):
+    """From the controller and from a storage node (a host with no business in MLflow's API or Prometheus): an
+    anonymous or wrongly authenticated MLflow write, a plain-HTTP write (redirected, never served), a user's admin
+    action, S3 without keys, presigned transfers, Prometheus's lifecycle API. What issue 14 still has to close
+    (SeaweedFS's own ports, PostgreSQL from a host outside the database's clients, Alertmanager silences, etcd
+    with a non-Patroni certificate) is not asserted here yet."""
+    api, vip = lab.api_url, lab.vip
+    prometheus = f"http://{lab.hosts[lab.groups['monitoring'][0]]}:9090"
+    site = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
+    probe_user = site.get("registration_probe_username", "")
+    probe_password = site.get("registration_probe_password", "")
+    checks = [
+        ("anonymous model registration", "POST", f"{api}/api/2.0/mlflow/registered-models/create", "", "", 401),
+        ("registration with a wrong password", "POST", f"{api}/api/2.0/mlflow/registered-models/create",
+         lab.mlflow_username or "admin", "not-the-password", 401),
+        ("plain-HTTP registration (redirected, not served)", "POST",
+         f"http://{vip}/api/2.0/mlflow/registered-models/create", "", "", 308),
+        ("S3 listing without keys", "GET", f"https://{vip}:9000/mlflow/", "", "", 403),
+        ("S3 upload without keys", "PUT", f"https://{vip}:9000/mlflow/security-test", "", "", 403),
+        ("presigned artifact download", "GET", f"{api}/api/2.0/mlflow-artifacts/presigned/0/x/artifacts/y",
+         lab.mlflow_username, lab.mlflow_password, 501),
+        ("Prometheus shutdown (lifecycle API)", "POST", f"{prometheus}/-/quit", "", "", 403),
+    ]
+    if probe_user and lab.mlflow_username:
+        checks.append(("a user creating users (admins only)", "POST", f"{api}/api/2.0/mlflow/users/create",
+                       probe_user, probe_password, 403))
+    outsider = lab.groups["storage"][-1]
+    wrong = [f"{what} from {where}: HTTP {got}, expected {expected}"
+             for what, method, url, user, password, expected in checks
+             for where in ("controller", outsider)
+             if (got := status_from(lab, where, method, url, user, password)) != expected]
+    assert not wrong, "requests that should have been refused:\n" + "\n".join(wrong)
+    assert lab.http_ok(f"{prometheus}/-/ready"), "Prometheus is not ready after the refused shutdown"
 
 
 # -- Faults ---------------------------------------------------------------------------------------------------
