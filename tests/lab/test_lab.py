@@ -258,6 +258,37 @@ def status_from(lab, host: str, method: str, url: str, user: str = "", password:
         return -1
 
 
+# Run inside a lab host (or on the controller): a PostgreSQL startup message to ADDRESS:PORT, then the first answer's
+# type: "R" (the server asks for a password: pg_hba let the address in) or "E" with the message (refused).
+PG_STARTUP_SCRIPT = """
+import socket, struct, sys
+address, port = sys.argv[1], int(sys.argv[2])
+params = b"user\\0mlflow\\0database\\0mlflow\\0\\0"
+with socket.create_connection((address, port), timeout=10) as conn:
+    conn.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+    answer = conn.recv(4096)
+print(answer[:1].decode(), answer[5:].replace(b"\\0", b" ").decode(errors="replace")[:200])
+"""
+
+
+def postgres_answer_from(lab, host: str, address: str, port: int) -> str:
+    if host == "controller":
+        return subprocess.run([sys.executable, "-c", PG_STARTUP_SCRIPT, address, str(port)], capture_output=True,
+                              text=True, check=False).stdout.strip()
+    return lab.exec(host, "python3", "-c", PG_STARTUP_SCRIPT, address, str(port)).strip()
+
+
+def test_postgresql_itself_admits_only_its_members_and_the_controller(lab):
+    """pg_hba from the inventory (the members and patroni_client_networks, the controller in the lab): a storage
+    node is refused by PostgreSQL before any password; the controller is asked for one."""
+    member = lab.hosts[lab.groups["postgres"][0]]
+    outsider = lab.groups["storage"][-1]
+    refused = postgres_answer_from(lab, outsider, member, 5432)
+    assert refused.startswith("E") and "pg_hba" in refused, f"PostgreSQL from {outsider}: {refused!r}"
+    asked = postgres_answer_from(lab, "controller", member, 5432)
+    assert asked.startswith("R"), f"PostgreSQL from the controller: {asked!r}"
+
+
 def test_what_must_be_refused_is_refused(lab):
     """From the controller and from a storage node (a host with no business in MLflow's API or Prometheus): an
     anonymous or wrongly authenticated MLflow write, a plain-HTTP write (redirected, never served), a user's admin
