@@ -278,15 +278,22 @@ def postgres_answer_from(lab, host: str, address: str, port: int) -> str:
     return lab.exec(host, "python3", "-c", PG_STARTUP_SCRIPT, address, str(port)).strip()
 
 
-def test_postgresql_itself_admits_only_its_members_and_the_controller(lab):
-    """pg_hba from the inventory (the members and patroni_client_networks, the controller in the lab): a storage
-    node is refused by PostgreSQL before any password; the controller is asked for one."""
+def test_postgresql_and_pgbouncer_admit_only_their_clients(lab):
+    """pg_hba from the inventory (the members and patroni_client_networks, the controller in the lab) and PgBouncer's
+    own hba file (the load balancers, the members, the same networks): a storage node is refused before any
+    password by both; the controller, and for PgBouncer a load balancer, are asked for one."""
     member = lab.hosts[lab.groups["postgres"][0]]
     outsider = lab.groups["storage"][-1]
+    balancer = lab.groups["lb"][0]
     refused = postgres_answer_from(lab, outsider, member, 5432)
     assert refused.startswith("E") and "pg_hba" in refused, f"PostgreSQL from {outsider}: {refused!r}"
     asked = postgres_answer_from(lab, "controller", member, 5432)
     assert asked.startswith("R"), f"PostgreSQL from the controller: {asked!r}"
+    refused = postgres_answer_from(lab, outsider, member, 6432)
+    assert refused.startswith("E"), f"PgBouncer from {outsider}: {refused!r}"
+    for client in ("controller", balancer):
+        asked = postgres_answer_from(lab, client, member, 6432)
+        assert asked.startswith("R"), f"PgBouncer from {client}: {asked!r}"
 
 
 # Run inside a lab host: a read of one etcd key over etcd's JSON gateway with the host's own certificate; prints the
@@ -323,9 +330,9 @@ def test_etcd_serves_only_its_members_and_patroni(lab):
 def test_what_must_be_refused_is_refused(lab):
     """From the controller and from a storage node (a host with no business in MLflow's API or Prometheus): an
     anonymous or wrongly authenticated MLflow write, a plain-HTTP write (redirected, never served), a user's admin
-    action, S3 without keys, presigned transfers, Prometheus's lifecycle API (PostgreSQL's and etcd's refusals have
-    tests of their own above). What issue 14 still has to close (SeaweedFS's own ports, PgBouncer by address,
-    Alertmanager silences, the exporters) is not asserted here yet."""
+    action, S3 without keys, presigned transfers, Prometheus's lifecycle API (PostgreSQL's, PgBouncer's and etcd's
+    refusals have tests of their own above). What issue 14 still has to close (SeaweedFS's own ports, Alertmanager
+    silences, the exporters) is not asserted here yet."""
     api, vip = lab.api_url, lab.vip
     prometheus = f"http://{lab.hosts[lab.groups['monitoring'][0]]}:9090"
     site = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
