@@ -129,7 +129,13 @@ class Lab:
         # Patroni >= 3.0.4 reports a streaming replica as "streaming" ("running": up, but not replicating).
         replicas = [m for m in members if m.get("role") in ("replica", "sync_standby")
                     and m.get("state") == "streaming" and isinstance(m.get("lag"), int)]
-        return len(leaders) == 1 and len(replicas) == len(self.groups["postgres"]) - 1
+        if not (len(leaders) == 1 and len(replicas) == len(self.groups["postgres"]) - 1):
+            return False
+        # The DCS summary can lag behind a member that is still recovering (a pg_rewind in progress after a freeze
+        # showed there as streaming once, and the next fault interrupted the rewind): each replica must also say
+        # so itself (Patroni's own /replica check: PostgreSQL running as a replica).
+        return all(self.http_ok(f"http://{self.hosts[m['name']]}:8008/replica") for m in replicas
+                   if m["name"] in self.hosts)
 
     def patroni_timeline(self) -> Optional[int]:
         cluster = self.patroni_cluster() or {}
