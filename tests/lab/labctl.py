@@ -280,23 +280,6 @@ def run_lab(step: str, *extra: str, env: Optional[dict] = None) -> subprocess.Co
                           env=dict(os.environ, **(env or {})), check=False)
 
 
-class Background:
-    """tools/lab.sh <step> running beside a test (its output in tests/output/lab/<name>.out); wait() gives the
-    CompletedProcess run_lab would have returned."""
-
-    def __init__(self, name: str, step: str, *extra: str, env: Optional[dict] = None):
-        OUTPUT.mkdir(parents=True, exist_ok=True)
-        self.out = OUTPUT / f"{name}.out"
-        self.args = ["bash", str(ROOT / "tools" / "lab.sh"), step, *extra]
-        with self.out.open("w") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                         env=dict(os.environ, **(env or {})))
-
-    def wait(self, timeout: float = 1800) -> subprocess.CompletedProcess:
-        returncode = self.proc.wait(timeout=timeout)
-        return subprocess.CompletedProcess(self.args, returncode, self.out.read_text(errors="replace"), "")
-
-
 def read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -262,3 +262,79 @@ def test_the_environment_decides_whether_transfers_are_proxied_only():
     assert isinstance(app_module.transfers(inner, {"MLFLOW_HA_PRESIGNED_TRANSFERS": "false"}),
                       app_module.ProxiedTransfers)
     assert app_module.transfers(inner, {"MLFLOW_HA_PRESIGNED_TRANSFERS": "true"}) is inner
+
+
+# -- The user store: an error checking a login is a 503 that names it, never a 401 --------------------------------
+
+class AuthApp(Inner):
+    """MLflow's basic-auth middleware, as it behaves: it runs the credential check, and answers 401 when the check
+    returns no user or raises (MLflow swallows the exception), 200 otherwise."""
+
+    def __init__(self, check):
+        super().__init__()
+        self.check = check
+
+    async def __call__(self, scope, receive, send):
+        try:
+            user = self.check("alice", "secret-password")
+        except Exception:  # what MLflow's _authenticate_fastapi_request does
+            user = None
+        if user is None:
+            await send({"type": "http.response.start", "status": 401, "headers": [(b"www-authenticate", b"Basic")]})
+            await send({"type": "http.response.body", "body": b"You are not authenticated."})
+            return
+        await super().__call__(scope, receive, send)
+
+
+class Store:
+    """A credential check that raises its first `errors` calls, then answers `user`."""
+
+    def __init__(self, errors=0, user="alice"):
+        self.errors = errors
+        self.user = user
+        self.calls = 0
+
+    def __call__(self, username, password):
+        self.calls += 1
+        if self.calls <= self.errors:
+            raise RuntimeError("(psycopg2.OperationalError) server closed the connection unexpectedly\nmore")
+        return self.user
+
+
+def served(store):
+    check = app_module.UserStoreCheck(store)
+    return check, call(app_module.UserStoreOutage(AuthApp(check)))
+
+
+def test_a_store_error_is_retried_once_and_a_second_one_answers_503_naming_it(caplog):
+    store = Store(errors=2)
+    check, sent = served(store)
+    assert store.calls == 2 and check.failures == 2
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 503
+    body = json.loads(sent[1]["body"])
+    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert "OperationalError" in body["message"] and "more" not in body["message"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "OperationalError" in logged and "'alice'" in logged
+    assert "secret-password" not in logged and "secret-password" not in body["message"]
+
+
+def test_one_store_error_is_absorbed_by_the_retry():
+    store = Store(errors=1)
+    check, sent = served(store)
+    assert store.calls == 2 and check.failures == 1
+    assert sent[0]["status"] == 200
+
+
+def test_a_wrong_password_stays_401():
+    store = Store(user=None)
+    check, sent = served(store)
+    assert store.calls == 1 and check.failures == 0
+    assert sent[0]["status"] == 401 and sent[1]["body"] == b"You are not authenticated."
+
+
+def test_the_error_list_is_the_requests_own():
+    served(Store(errors=2))
+    assert app_module.USER_STORE_ERRORS.get() is None
+    assert served(Store(user=None))[1][0]["status"] == 401

@@ -234,6 +234,82 @@ async def respond_json(send: Send, status: int, payload: Dict[str, Any]) -> None
     await send({"type": "http.response.body", "body": body})
 
 
+# The user-store errors of the request this code runs for: a list the outer middleware (UserStoreOutage) gives each
+# request, which the credential check (UserStoreCheck) appends to, from whichever task or thread it runs in (both
+# see the same list: a copied context holds the same object).
+USER_STORE_ERRORS: ContextVar[Optional[list]] = ContextVar("mlflow_ha_user_store_errors", default=None)
+AUTH_LOGGER = logging.getLogger("mlflow_ha.auth")
+USER_STORE_DOWN_MESSAGE = ("The MLflow user store (the auth database) could not check the login: %s. The login was "
+                           "not refused; retry (this server answers 503 until its database answers again).")
+
+
+def describe(err: BaseException) -> str:
+    """An exception's type and the first line of its message (at most 200 characters)."""
+    lines = str(err).splitlines()
+    return "%s: %s" % (type(err).__name__, lines[0][:200] if lines else "")
+
+
+class UserStoreCheck:
+    """Wraps the basic-auth module's credential check (`_authenticate_cached(username, password)`, User or None).
+
+    MLflow's FastAPI authentication turns any exception of that check into "no user", so a user store that cannot
+    answer (its database unreachable, a broken connection) looks like a wrong password: 401, which clients do not
+    retry and load balancers do not count as a server error. Here an exception is logged (its type and message,
+    never the password), the check is tried once more (a new session from the pool), and a second failure is
+    recorded on the request before it is raised again: UserStoreOutage then answers 503 instead of the 401."""
+
+    def __init__(self, check: Callable[[str, str], Any], attempts: int = 2) -> None:
+        self.check = check
+        self.attempts = attempts
+        self.failures = 0
+
+    def __call__(self, username: str, password: str) -> Any:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self.check(username, password)
+            except Exception as err:  # MLflow's caller swallows every exception, so this catches them all too
+                self.failures += 1
+                AUTH_LOGGER.warning("checking the login of %r failed (attempt %d of %d): %s", username, attempt,
+                                    self.attempts, describe(err))
+                if attempt == self.attempts:
+                    errors = USER_STORE_ERRORS.get()
+                    if errors is not None:
+                        errors.append(describe(err))
+                    raise
+        return None
+
+
+class UserStoreOutage:
+    """ASGI middleware: a 401 answered to a request whose credential check failed with an error (not a wrong
+    password) becomes 503 TEMPORARILY_UNAVAILABLE naming the error. Every other answer passes unchanged."""
+
+    def __init__(self, app: AsgiApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        errors: list = []
+        token = USER_STORE_ERRORS.set(errors)
+        replaced = {"done": False}
+
+        async def checked(message: Message) -> None:
+            if replaced["done"]:
+                return  # the 401's body, already replaced
+            if message["type"] == "http.response.start" and message.get("status") == 401 and errors:
+                replaced["done"] = True
+                await respond_json(send, 503, {"error_code": "TEMPORARILY_UNAVAILABLE",
+                                               "message": USER_STORE_DOWN_MESSAGE % errors[-1]})
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, checked)
+        finally:
+            USER_STORE_ERRORS.reset(token)
+
+
 def transfers(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
     """Proxied transfers only, unless the environment asks for MLflow's presigned ones."""
     env = os.environ if environ is None else environ
@@ -266,5 +342,8 @@ def create_app() -> AsgiApp:
 
 
 def create_basic_auth_app() -> AsgiApp:
-    """MLflow's basic-auth app (`--app-name basic-auth`), guarded."""
-    return guard_server(importlib.import_module("mlflow.server.auth").create_app())
+    """MLflow's basic-auth app (`--app-name basic-auth`), guarded, with its credential check made visible."""
+    auth = importlib.import_module("mlflow.server.auth")
+    app = guard_server(auth.create_app())
+    auth._authenticate_cached = UserStoreCheck(auth._authenticate_cached)  # pylint: disable=protected-access
+    return UserStoreOutage(app)
