@@ -500,5 +500,5 @@ def summarize(events: list[dict], verified: dict) -> dict:
         "registration_seconds_p50": percentile([e["seconds"] for e in acks], 50),
         "registration_seconds_p99": percentile([e["seconds"] for e in acks], 99),
         "registration_seconds_max": max((e["seconds"] for e in acks), default=None),
-        **{k: verified[k] for k in ("lost", "duplicated", "unreadable", "unacknowledged_versions")},
+        **{k: verified.get(k) for k in ("lost", "duplicated", "unreadable", "unacknowledged_versions", "read_retries")},
     }

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -214,16 +215,39 @@ def cmd_run(args) -> int:
     return 0
 
 
-def read_artifact(tracking_uri: str, uri: str) -> bytes:
-    """GET an mlflow-artifacts:/ URI through the tracking server's proxied artifact API (what users read)."""
+# A read is retried as MLflow's client retries a GET (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, on these
+# answers and on connection errors, with exponential backoff): a server that answers 503 while its database fails
+# over is unavailable for a moment, and what users read with the official client reads through it.
+READ_RETRY_STATUSES = (429, 500, 502, 503, 504)
+READ_RETRIES = 7
+READ_BACKOFF_CAP = 30.0
+
+
+def read_artifact(tracking_uri: str, uri: str, retried: list | None = None) -> bytes:
+    """GET an mlflow-artifacts:/ URI through the tracking server's proxied artifact API (what users read), with the
+    official client's retries; each retried failure is appended to `retried`."""
     path = uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
     url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
     request = urllib.request.Request(url, headers=login_header())
     # The CA the official client trusts (MLFLOW_TRACKING_SERVER_CERT_PATH), for an HTTPS tracking URI.
     ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
     context = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
-    with urllib.request.urlopen(request, timeout=30, context=context) as resp:
-        return resp.read()
+    for attempt in range(READ_RETRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as err:
+            if err.code not in READ_RETRY_STATUSES or attempt == READ_RETRIES:
+                raise
+            failure = f"HTTP {err.code}: {err.read()[:200].decode(errors='replace')}"
+        except (urllib.error.URLError, OSError) as err:
+            if attempt == READ_RETRIES:
+                raise
+            failure = short(err)
+        if retried is not None:
+            retried.append(failure)
+        time.sleep(random.uniform(0, min(READ_BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt + 3))))
+    raise AssertionError("unreachable")
 
 
 def login_header() -> dict:
@@ -256,7 +280,7 @@ def cmd_verify(args) -> int:
         for v in versions:
             keyed.setdefault(v.tags.get(KEY_TAG, ""), []).append(v)
         by_model[model] = keyed
-    lost, duplicated, unreadable = [], [], []
+    lost, duplicated, unreadable, retried = [], [], [], []
     for a in acks:
         found = by_model[a["model"]].get(a["key"], [])
         if not found:
@@ -265,7 +289,8 @@ def cmd_verify(args) -> int:
         if len(found) > 1:
             duplicated.append({"key": a["key"], "versions": sorted(int(v.version) for v in found)})
         try:
-            digest = hashlib.sha256(read_artifact(args.tracking_uri, found[0].source + "/model.bin")).hexdigest()
+            data = read_artifact(args.tracking_uri, found[0].source + "/model.bin", retried)
+            digest = hashlib.sha256(data).hexdigest()
         except Exception as err:
             unreadable.append({"key": a["key"], "error": short(err)})
             continue
@@ -280,6 +305,9 @@ def cmd_verify(args) -> int:
         "duplicated": len(duplicated),
         "unreadable": len(unreadable),
         "unacknowledged_versions": unacked_versions,
+        # Reads that failed once and were retried (the official client's retries), with the first few answers.
+        "read_retries": len(retried),
+        "read_retry_detail": retried[:10],
         "lost_keys": lost[:20],
         "duplicates": duplicated[:20],
         "unreadable_detail": unreadable[:20],
