@@ -234,6 +234,7 @@ def read_artifact(tracking_uri: str, uri: str, retried: list | None = None) -> b
     ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
     context = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
     for attempt in range(READ_RETRIES + 1):
+        failure = ""
         try:
             with urllib.request.urlopen(request, timeout=30, context=context) as resp:
                 return resp.read()

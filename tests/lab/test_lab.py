@@ -117,7 +117,6 @@ def test_a_log_line_reaches_the_monitoring_host(lab, mon):
     assert " pg2 " in mon.central_log(tag), f"the line is not attributed to pg2: {mon.central_log(tag)!r}"
 
 
-
 def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
     victim = lab.groups["mlflow"][-1]
     assert not mon.alertmanager_alerts("MLflowServerDown"), "MLflowServerDown is already active before the test"
