@@ -66,7 +66,10 @@ class Lab:
         return self.container_prefix + host
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+        done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)} failed (exit {done.returncode}): {done.stderr.strip()}")
+        return done
 
     def kill(self, host: str) -> None:
         """Machine death: the container's processes get SIGKILL, nothing shuts down cleanly."""
@@ -78,7 +81,14 @@ class Lab:
     def freeze(self, host: str) -> None:
         """A stalled machine (hypervisor pause, I/O hang): every process stops, sockets stay open; on resume its
         timers have jumped."""
-        self.docker("pause", self.container(host))
+        # Freezing the container's cgroup can fail for a moment (a process the freezer cannot stop yet); the fault
+        # is the freeze, so try again briefly before giving up (the error is the engine's own).
+        for attempt in range(5):
+            paused = self.docker("pause", self.container(host), check=attempt == 4)
+            if paused.returncode == 0:
+                return
+            print(f"docker pause {self.container(host)} failed, trying again: {paused.stderr.strip()}")
+            time.sleep(1)
 
     def thaw(self, host: str) -> None:
         self.docker("unpause", self.container(host))
