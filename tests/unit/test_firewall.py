@@ -78,8 +78,9 @@ def test_ports_follow_the_inventory():
 
 def test_rendered_rules_admit_the_clients_addresses_without_the_vip_or_link_local_ones():
     text = nft("pg1")
-    assert accepted(text, 8008) == {"10.0.0.11", "10.0.0.12", "10.0.0.41", "10.0.0.42", "10.0.0.51",
-                                     "fd00::11", "fd00::12", "fd00::41", "fd00::42", "fd00::51"}
+    clients = {"10.0.0.11", "10.0.0.12", "10.0.0.41", "10.0.0.42", "10.0.0.51",
+               "fd00::11", "fd00::12", "fd00::41", "fd00::42", "fd00::51"}
+    assert accepted(text, 8008) == clients
     assert VIP not in text and "fe80" not in text
     assert accepted(text, 5432) == {"10.0.0.11", "10.0.0.12", "fd00::11", "fd00::12"}
     assert "policy drop" in text and "reject with tcp reset" in text
