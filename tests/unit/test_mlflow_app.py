@@ -268,16 +268,22 @@ def test_the_environment_decides_whether_transfers_are_proxied_only():
 
 class AuthApp(Inner):
     """MLflow's basic-auth middleware, as it behaves: it runs the credential check, and answers 401 when the check
-    returns no user or raises (MLflow swallows the exception), 200 otherwise."""
+    returns no user or raises (MLflow's FastAPI routes swallow the exception; `flask=True`: its Flask routes answer
+    500), 200 otherwise."""
 
-    def __init__(self, check):
+    def __init__(self, check, flask=False):
         super().__init__()
         self.check = check
+        self.flask = flask
 
     async def __call__(self, scope, receive, send):
         try:
             user = self.check("alice", "secret-password")
         except Exception:  # what MLflow's _authenticate_fastapi_request does
+            if self.flask:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                return
             user = None
         if user is None:
             await send({"type": "http.response.start", "status": 401, "headers": [(b"www-authenticate", b"Basic")]})
@@ -338,3 +344,21 @@ def test_the_error_list_is_the_requests_own():
     served(Store(errors=2))
     assert app_module.USER_STORE_ERRORS.get() is None
     assert served(Store(user=None))[1][0]["status"] == 401
+
+
+def test_a_store_error_on_a_flask_route_is_a_503_too():
+    store = Store(errors=2)
+    check = app_module.UserStoreCheck(store)
+    sent = call(app_module.UserStoreOutage(AuthApp(check, flask=True)))
+    assert sent[0]["status"] == 503 and len(sent) == 2
+    assert json.loads(sent[1]["body"])["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def test_a_500_without_a_store_error_passes_unchanged():
+    class Failing(Inner):
+        async def __call__(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"boom"})
+
+    sent = call(app_module.UserStoreOutage(Failing()))
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"boom"

@@ -279,9 +279,14 @@ class UserStoreCheck:
         return None
 
 
+# What MLflow answers when the check raised: 401 on its FastAPI routes (which swallow the exception), 500 on the
+# Flask ones (where it escapes the before-request hook).
+REPLACED_STATUSES = (401, 500)
+
+
 class UserStoreOutage:
-    """ASGI middleware: a 401 answered to a request whose credential check failed with an error (not a wrong
-    password) becomes 503 TEMPORARILY_UNAVAILABLE naming the error. Every other answer passes unchanged."""
+    """ASGI middleware: the 401 or 500 answered to a request whose credential check failed with an error (not a
+    wrong password) becomes 503 TEMPORARILY_UNAVAILABLE naming the error. Every other answer passes unchanged."""
 
     def __init__(self, app: AsgiApp) -> None:
         self.app = app
@@ -297,7 +302,7 @@ class UserStoreOutage:
         async def checked(message: Message) -> None:
             if replaced["done"]:
                 return  # the 401's body, already replaced
-            if message["type"] == "http.response.start" and message.get("status") == 401 and errors:
+            if message["type"] == "http.response.start" and message.get("status") in REPLACED_STATUSES and errors:
                 replaced["done"] = True
                 await respond_json(send, 503, {"error_code": "TEMPORARILY_UNAVAILABLE",
                                                "message": USER_STORE_DOWN_MESSAGE % errors[-1]})
