@@ -88,8 +88,8 @@ def short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}"
 
 
-def backoff(attempt: int, rng: random.Random) -> float:
-    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+def backoff(attempt: int, rng: random.Random, cap: float = BACKOFF_CAP) -> float:
+    return rng.uniform(0, min(cap, BACKOFF_BASE * 2 ** attempt))
 
 
 class Worker(threading.Thread):
@@ -248,7 +248,7 @@ def read_artifact(tracking_uri: str, uri: str, retried: list | None = None) -> b
             failure = short(err)
         if retried is not None:
             retried.append(failure)
-        time.sleep(random.uniform(0, min(READ_BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt + 3))))
+        time.sleep(backoff(attempt + 3, random, READ_BACKOFF_CAP))
     raise AssertionError("unreachable")
 
 
