@@ -14,8 +14,8 @@ class ModuleDocFragment:
 options:
   endpoints:
     description:
-      - Base URLs of the members' REST APIs, e.g. V(http://10.0.0.21:8008). Any member answers for the whole
-        cluster; they are tried in order.
+      - Base URLs of the members' REST APIs, e.g. V(https://10.0.0.21:8008) (HTTPS, verified with O(ca_path), when
+        the patroni role serves TLS, its default). Any member answers for the whole cluster; they are tried in order.
     type: list
     elements: str
     required: true

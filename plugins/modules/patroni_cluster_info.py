@@ -66,7 +66,8 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Leader, two streaming replicas, lag under 1 MiB, waiting up to a minute
   mlops.mlflow_ha.patroni_cluster_info:
-    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    endpoints: ["https://10.0.0.21:8008", "https://10.0.0.22:8008", "https://10.0.0.23:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     min_replicas: 2
     require_streaming: true
     max_lag_bytes: 1048576

@@ -74,7 +74,8 @@ notes:
 EXAMPLES = r"""
 - name: Keep the DCS settings in step and learn who needs a restart
   mlops.mlflow_ha.patroni_config:
-    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    endpoints: ["https://10.0.0.21:8008", "https://10.0.0.22:8008", "https://10.0.0.23:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     username: patroni
     password: "{{ patroni_restapi_password }}"
     config:
@@ -90,7 +91,8 @@ EXAMPLES = r"""
 
 - name: Restart the members whose settings need it
   mlops.mlflow_ha.patroni_restart:
-    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    endpoints: ["https://10.0.0.21:8008", "https://10.0.0.22:8008", "https://10.0.0.23:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     member: "{{ item }}"
     username: patroni
     password: "{{ patroni_restapi_password }}"

@@ -61,7 +61,8 @@ attributes:
 EXAMPLES = r"""
 - name: Restart PostgreSQL on pg2 if a settings change waits for it
   mlops.mlflow_ha.patroni_restart:
-    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    endpoints: ["https://10.0.0.21:8008", "https://10.0.0.22:8008", "https://10.0.0.23:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     member: pg2
     username: patroni
     password: "{{ patroni_restapi_password }}"
@@ -69,7 +70,8 @@ EXAMPLES = r"""
 
 - name: Restart PostgreSQL on pg3 whatever is pending
   mlops.mlflow_ha.patroni_restart:
-    endpoints: ["http://10.0.0.21:8008"]
+    endpoints: ["https://10.0.0.21:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     member: pg3
     username: patroni
     password: "{{ patroni_restapi_password }}"

@@ -64,7 +64,8 @@ attributes:
 EXAMPLES = r"""
 - name: Switch over to the best replica
   mlops.mlflow_ha.patroni_switchover:
-    endpoints: ["http://10.0.0.21:8008", "http://10.0.0.22:8008", "http://10.0.0.23:8008"]
+    endpoints: ["https://10.0.0.21:8008", "https://10.0.0.22:8008", "https://10.0.0.23:8008"]
+    ca_path: /etc/patroni/tls/ca.crt
     username: patroni
     password: "{{ patroni_restapi_password }}"
   register: switch

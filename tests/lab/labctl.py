@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from phases import record  # noqa: E402
 
 INVENTORY = ROOT / "inventories" / "lab"
+# The collection CA tools/lab.sh creates for the lab (the pki role's store beside the inventory).
+LAB_CA = ROOT / "inventories" / "pki" / "lab" / "ca.crt"
 OUTPUT = ROOT / "tests" / "output" / "lab"
 
 
@@ -117,12 +119,12 @@ class Lab:
 
     @property
     def ca_path(self) -> str:
-        return str(ROOT / "inventories" / "pki" / "lab" / "ca.crt")
+        return str(LAB_CA)
 
     def patroni_cluster(self) -> Optional[dict]:
         for host in self.groups["postgres"]:
             try:
-                return get_json(f"http://{self.hosts[host]}:8008/cluster", timeout=2)
+                return get_json(f"https://{self.hosts[host]}:8008/cluster", timeout=2, context=ca_context())
             except OSError:
                 continue
         return None
@@ -144,7 +146,7 @@ class Lab:
         # The DCS summary can lag behind a member that is still recovering (a pg_rewind in progress after a freeze
         # showed there as streaming once, and the next fault interrupted the rewind): each replica must also say
         # so itself (Patroni's own /replica check: PostgreSQL running as a replica).
-        return all(self.http_ok(f"http://{self.hosts[m['name']]}:8008/replica") for m in replicas
+        return all(self.https_up(f"https://{self.hosts[m['name']]}:8008/replica") for m in replicas
                    if m["name"] in self.hosts)
 
     def patroni_timeline(self) -> Optional[int]:
@@ -227,10 +229,8 @@ class Lab:
         return False
 
     def https_up(self, url: str) -> bool:
-        ca = ROOT / "inventories" / "pki" / "lab" / "ca.crt"
-        ctx = ssl.create_default_context(cafile=str(ca))
         try:
-            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=ca_context()) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -267,8 +267,13 @@ def etcdctl_command(addresses: list[str], args: str) -> str:
     return f"ETCDCTL_API=3 etcdctl {tls}--command-timeout=5s --endpoints={endpoints} {args}"
 
 
-def get_json(url: str, timeout: float = 2) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def ca_context() -> ssl.SSLContext:
+    """TLS that trusts the lab's collection CA (Patroni's REST API, the storage gateways, the VIP)."""
+    return ssl.create_default_context(cafile=str(LAB_CA))
+
+
+def get_json(url: str, timeout: float = 2, context: Optional[ssl.SSLContext] = None) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         return json.loads(resp.read())
 
 

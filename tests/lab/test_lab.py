@@ -239,16 +239,24 @@ def status_from(lab, host: str, method: str, url: str, user: str = "", password:
         return -1
 
 
-# Run inside a lab host (or on the controller): a PostgreSQL startup message to ADDRESS:PORT, then the first answer's
-# type: "R" (the server asks for a password: pg_hba let the address in) or "E" with the message (refused).
+# Run inside a lab host (or on the controller): a PostgreSQL startup message to ADDRESS:PORT, in plain TCP or (MODE
+# "tls") inside TLS negotiated as libpq does (SSLRequest, then a handshake verifying the certificate against CA and
+# ADDRESS); then the first answer's type: "R" (the server asks for a password: the hba rules let the connection in),
+# "E" with the message (refused), "X" (a reset: the host firewall) or "N" (the server declined TLS).
 PG_STARTUP_SCRIPT = """
-import socket, struct, sys
-address, port = sys.argv[1], int(sys.argv[2])
+import socket, ssl, struct, sys
+address, port, mode, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 params = b"user\\0mlflow\\0database\\0mlflow\\0\\0"
 try:
-    with socket.create_connection((address, port), timeout=10) as conn:
-        conn.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
-        answer = conn.recv(4096)
+    conn = socket.create_connection((address, port), timeout=10)
+    if mode == "tls":
+        conn.sendall(struct.pack("!II", 8, 80877103))
+        if conn.recv(1) != b"S":
+            print("N server declined TLS")
+            sys.exit(0)
+        conn = ssl.create_default_context(cafile=ca).wrap_socket(conn, server_hostname=address)
+    conn.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+    answer = conn.recv(4096)
 except ConnectionError as err:  # refused or reset: the host firewall
     print("X", type(err).__name__)
     sys.exit(0)
@@ -256,17 +264,21 @@ print(answer[:1].decode(), answer[5:].replace(b"\\0", b" ").decode(errors="repla
 """
 
 
-def postgres_answer_from(lab, host: str, address: str, port: int) -> str:
-    return run_python(lab, host, PG_STARTUP_SCRIPT, address, str(port))
+def postgres_answer_from(lab, host: str, address: str, port: int, tls: bool = True, ca: str = "") -> str:
+    ca = ca or (lab.ca_path if host == "controller" else HOST_CA)
+    return run_python(lab, host, PG_STARTUP_SCRIPT, address, str(port), "tls" if tls else "plain", ca)
 
 
 def test_postgresql_and_pgbouncer_admit_only_their_clients(lab):
     """The host firewall (roles/firewall) and behind it pg_hba from the inventory (the members and
     patroni_client_networks, the controller in the lab) and PgBouncer's own hba file (the load balancers, the
     members, the same networks): a storage node's connection is reset by the firewall, before any PostgreSQL
-    answer; the controller, and for PgBouncer a load balancer, are asked for a password. (The firewall admits the
-    same sources as the two hba files, so from the lab's hosts only its refusal is visible; a storage node was
-    refused by pg_hba itself before the firewall existed.)"""
+    answer; the controller, and for PgBouncer a load balancer, are asked for a password once they speak TLS, with the
+    server's certificate verified against the collection CA and the address they connected to (libpq's verify-full),
+    and refused in plain TCP (hostssl). The same holds through the VIP's primary port (HAProxy passes the protocol
+    through to PgBouncer, whose certificate carries the VIP), which MLflow connects to with verify-full. (The
+    firewall admits the same sources as the two hba files, so from the lab's hosts only its refusal is visible; a
+    storage node was refused by pg_hba itself before the firewall existed.)"""
     member = lab.hosts[lab.groups["postgres"][0]]
     outsider = lab.groups["storage"][-1]
     balancer = lab.groups["lb"][0]
@@ -274,11 +286,16 @@ def test_postgresql_and_pgbouncer_admit_only_their_clients(lab):
         refused = postgres_answer_from(lab, outsider, member, port)
         assert refused.startswith("X") or (refused.startswith("E") and "pg_hba" in refused), \
             f"port {port} from {outsider}: {refused!r}"
-    asked = postgres_answer_from(lab, "controller", member, 5432)
-    assert asked.startswith("R"), f"PostgreSQL from the controller: {asked!r}"
-    for client in ("controller", balancer):
-        asked = postgres_answer_from(lab, client, member, 6432)
-        assert asked.startswith("R"), f"PgBouncer from {client}: {asked!r}"
+    wrong = []
+    # (A load balancer keeps the collection CA with HAProxy's certificate, not in the system's trust store.)
+    clients = [("controller", member, 5432, ""), ("controller", member, 6432, ""),
+               (balancer, member, 6432, "/etc/haproxy/tls/ca.crt"), ("controller", lab.vip, 5000, "")]
+    for client, address, port, ca in clients:
+        if not (asked := postgres_answer_from(lab, client, address, port, ca=ca)).startswith("R"):
+            wrong.append(f"TLS to {address}:{port} from {client}: {asked!r}, expected a password request")
+        if not (plain := postgres_answer_from(lab, client, address, port, tls=False, ca=ca)).startswith("E"):
+            wrong.append(f"plain TCP to {address}:{port} from {client}: {plain!r}, expected a refusal")
+    assert not wrong, "PostgreSQL, PgBouncer or the VIP answered wrongly:\n" + "\n".join(wrong)
 
 
 # Run inside a lab host: a TCP connection to each ADDRESS:PORT given; prints one line per target, "open", "refused"
