@@ -68,7 +68,7 @@ def bcrypt_salt(seed):
 
 def _hash(password, setting):
     try:
-        import bcrypt
+        import bcrypt  # noqa: PLC0415 - optional: crypt(3) below does the same
     except ImportError:
         bcrypt = None
     if bcrypt is not None:
@@ -76,10 +76,10 @@ def _hash(password, setting):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
+            import crypt  # noqa: PLC0415 - Python < 3.13 only
     except ImportError:
         raise AnsibleFilterError("bcrypt_hash: install the bcrypt Python package on the controller "
-                                 "(pip install bcrypt); this Python has no crypt module to fall back on")
+                                 "(pip install bcrypt); this Python has no crypt module to fall back on") from None
     result = crypt.crypt(password.decode("utf-8"), setting)
     if not result or not result.startswith(setting[:7]):
         raise AnsibleFilterError("bcrypt_hash: this C library's crypt(3) does not know bcrypt: install the bcrypt "

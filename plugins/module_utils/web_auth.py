@@ -27,6 +27,7 @@ import hmac
 import json
 import os
 import ssl
+import sys
 import threading
 import warnings
 from typing import Any, Dict, Optional, Set, Tuple
@@ -152,6 +153,13 @@ class SecureServerMixin:
         if self._ssl_context is not None:
             sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that fails the handshake (plain HTTP, an unknown CA, a port scanner) or hangs up is not worth a
+        traceback in the journal on every scrape attempt; anything else is reported as usual."""
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[misc]
 
 
 def authorized(handler: Any) -> bool:
