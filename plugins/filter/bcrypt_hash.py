@@ -13,9 +13,9 @@ version_added: "0.1.0"
 description:
   - The C($2b$) bcrypt hash the Prometheus exporter toolkit's C(basic_auth_users) (C(--web.config.file)) and the
     collection's own exporters check logins against.
-  - The salt is derived from O(salt_seed) (a host and user name, never the password: a salt anyone can read must
-    not be a quick hash of the password), so the same password gives the same hash on every run and a role that
-    writes it changes nothing the second time; another host or user gets another salt.
+  - The salt is derived from O(salt_seed) (a host and user name, never the password, since a salt anyone can read
+    must not be a quick hash of the password), so the same password gives the same hash on every run and a role
+    that writes it changes nothing the second time; another host or user gets another salt.
   - Hashes with the C(bcrypt) Python package when the controller has it, else with the C library's crypt(3)
     through Python's C(crypt) module (Python < 3.13; glibc's libxcrypt knows bcrypt).
   - Passwords longer than 72 bytes are refused (bcrypt ignores what follows).
