@@ -47,10 +47,11 @@ urls() {
   cat <<URLS
 
   MLflow (through the VIP):   http://$v/        https://$v/  (CA: inventories/pki/lab/ca.crt)
-  HAProxy stats:              http://$v:8404/stats
-  Prometheus (mon1):          http://$(host_address mon1):9090/alerts
-  Alertmanager (mon1):        http://$(host_address mon1):9093/#/alerts
-  Probe metrics (mon1):       http://$(host_address mon1):9109/metrics
+  Monitoring login (HTTPS, same CA): monitoring / mlflow_ha_monitoring_password in inventories/lab/group_vars/all.yml
+  HAProxy stats:              https://$v:8404/stats
+  Prometheus (mon1):          https://$(host_address mon1):9090/alerts
+  Alertmanager (mon1):        https://$(host_address mon1):9093/#/alerts
+  Probe metrics (mon1):       https://$(host_address mon1):9109/metrics
   Central logs (mon1):        docker exec mlflow-ha-lab-mon1 journalctl -D /var/log/journal/remote -u patroni
   PostgreSQL (read-write):    $v:5000           read-only: $v:5001
   S3 endpoint:                https://$v:9000

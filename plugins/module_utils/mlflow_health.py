@@ -146,6 +146,7 @@ class MlflowProber(ServiceClient):
     def __init__(self, servers: Sequence[str], lb_url: Optional[str] = None, haproxy_stats_url: Optional[str] = None,
                  haproxy_backend: str = "mlflow", username: Optional[str] = None, password: Optional[str] = None,
                  haproxy_servers: Sequence[str] = (), headers: Optional[Mapping[str, str]] = None,
+                 haproxy_stats_username: Optional[str] = None, haproxy_stats_password: Optional[str] = None,
                  transport: Optional[Transport] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None, request_timeout: float = 5.0,
                  deadline: float = 15.0, max_attempts: int = 2):
@@ -161,6 +162,8 @@ class MlflowProber(ServiceClient):
         self.haproxy_servers = list(haproxy_servers)
         self.headers: Dict[str, str] = dict(basic_auth(username, password))
         self.headers.update(headers or {})
+        # The stats page has its own login (the monitoring one): MLflow's is never sent there.
+        self.stats_headers: Dict[str, str] = dict(basic_auth(haproxy_stats_username, haproxy_stats_password))
 
     def _client(self, url: str, component: str, headers: Optional[Mapping[str, str]] = None) -> HttpClient:
         return self.client_for([url], component, RetryPolicy(max_attempts=self.max_attempts, base_delay=0.2,
@@ -203,7 +206,7 @@ class MlflowProber(ServiceClient):
             base, path = split_url(self.haproxy_stats_url)
             if not path.endswith(";csv"):
                 path += ";csv"
-            client = self._client(base, "HAProxy stats")
+            client = self._client(base, "HAProxy stats", self.stats_headers)
             try:
                 backends = parse_haproxy_csv(client.request("GET", path, headers={"Accept": "text/plain"}).text)
             except HttpClientError as err:
@@ -296,6 +299,8 @@ def mlflow_info(params: Mapping[str, Any], transport: Optional[Transport] = None
                           haproxy_backend=params.get("haproxy_backend") or "mlflow",
                           haproxy_servers=params.get("haproxy_servers") or (),
                           username=params.get("username"), password=params.get("password"),
+                          haproxy_stats_username=params.get("haproxy_stats_username"),
+                          haproxy_stats_password=params.get("haproxy_stats_password"),
                           transport=transport or transport_from_params(params), clock=clock, rng=rng,
                           request_timeout=params["timeout"], deadline=params["deadline"],
                           max_attempts=params["max_attempts"])

@@ -34,7 +34,15 @@ options:
     description: Base URL of the load balancer's MLflow frontend, e.g. V(https://10.0.0.100:5000).
     type: str
   haproxy_stats_url:
-    description: HAProxy's stats page, e.g. V(http://10.0.0.100:8404/stats); C(;csv) is appended.
+    description: HAProxy's stats page, e.g. V(https://10.0.0.100:8404/stats); C(;csv) is appended.
+    type: str
+  haproxy_stats_username:
+    description:
+      - User of the stats page's basic-auth login (the collection's monitoring login); O(username) is never sent
+        there.
+    type: str
+  haproxy_stats_password:
+    description: Password of O(haproxy_stats_username).
     type: str
   haproxy_backend:
     description: The backend (or listen section) in HAProxy's stats that serves MLflow.
@@ -84,7 +92,9 @@ EXAMPLES = r"""
   mlops.mlflow_ha.mlflow_info:
     endpoints: ["https://10.0.0.31:5000", "https://10.0.0.32:5000", "https://10.0.0.33:5000"]
     lb_url: "https://{{ lb_vip }}:5000"
-    haproxy_stats_url: "http://{{ lb_vip }}:8404/stats"
+    haproxy_stats_url: "https://{{ lb_vip }}:8404/stats"
+    haproxy_stats_username: monitoring
+    haproxy_stats_password: "{{ vault_mlflow_monitoring_password }}"
     ca_path: /etc/ssl/certs/mlflow-ha-ca.crt
     username: admin
     password: "{{ vault_mlflow_admin_password }}"
@@ -226,6 +236,8 @@ def main():
         endpoints=dict(type="list", elements="str", required=True),
         lb_url=dict(type="str"),
         haproxy_stats_url=dict(type="str"),
+        haproxy_stats_username=dict(type="str"),
+        haproxy_stats_password=dict(type="str", no_log=True),
         haproxy_backend=dict(type="str", default="mlflow"),
         haproxy_servers=dict(type="list", elements="str", default=[]),
         min_healthy=dict(type="int"),
@@ -234,7 +246,7 @@ def main():
         timeout=dict(type="float", default=5),
         deadline=dict(type="float", default=15),
         max_attempts=dict(type="int", default=2),
-    ), info, required_together=[("username", "password")])
+    ), info, required_together=[("username", "password"), ("haproxy_stats_username", "haproxy_stats_password")])
 
 
 if __name__ == "__main__":

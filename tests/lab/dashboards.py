@@ -4,22 +4,24 @@ replaced by fixed values, and a check that each query answers with at least one 
 Grafana itself is not needed (it is in no package registry reachable from the build machines): the queries are
 what a dashboard is worth, and they can be asked of the lab's Prometheus directly::
 
-    python tests/lab/dashboards.py http://172.28.79.51:9090
+    python tests/lab/dashboards.py https://172.28.79.51:9090   (the lab's CA and monitoring login from inventories/lab)
 
 Standard library only.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import ssl
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
@@ -149,16 +151,19 @@ def _describe(error: Union[urllib.error.URLError, OSError, ValueError]) -> str:
     return str(error)
 
 
-def check_queries(prometheus_url: str, queries: list[Query], timeout: float = 10.0) -> list[str]:
+def check_queries(prometheus_url: str, queries: list[Query], timeout: float = 10.0,
+                  context: Optional[ssl.SSLContext] = None, headers: Optional[dict[str, str]] = None) -> list[str]:
     """Ask Prometheus (GET /api/v1/query) for each query; return one sentence per query that fails or answers
-    with no series, empty when every panel would show data."""
+    with no series, empty when every panel would show data. ``context`` verifies an HTTPS Prometheus, ``headers``
+    carry its login."""
     base = prometheus_url.rstrip("/")
     problems: list[str] = []
     for dashboard, panel, expr in queries:
         where = f"{dashboard} / {panel}"
         url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout,
+                                        context=context) as response:
                 answer = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as err:
             # Prometheus answers a bad query with 400 (or 422 for an execution error) and a JSON body.
@@ -185,10 +190,15 @@ def check_queries(prometheus_url: str, queries: list[Query], timeout: float = 10
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print(f"usage: {argv[0]} PROMETHEUS_URL (e.g. http://172.28.79.51:9090)", file=sys.stderr)
+        print(f"usage: {argv[0]} PROMETHEUS_URL (e.g. https://172.28.79.51:9090)", file=sys.stderr)
         return 2
+    from labctl import Lab
+
+    lab = Lab.load()
+    token = base64.b64encode(f"{lab.monitoring_username}:{lab.monitoring_password}".encode()).decode()
     queries = all_queries()
-    problems = check_queries(argv[1], queries)
+    problems = check_queries(argv[1], queries, context=ssl.create_default_context(cafile=lab.ca_path),
+                             headers={"Authorization": "Basic " + token})
     for problem in problems:
         print(problem)
     print(f"{len(queries) - len(problems)} passed, {len(problems)} failed")

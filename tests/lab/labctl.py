@@ -4,6 +4,7 @@ Talks only to the lab's own containers on the lab network (addresses from invent
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,9 @@ class Lab:
     # MLflow's login (basic auth, on unless the inventory turns it off): the mlflow role's admin.
     mlflow_username: str = ""
     mlflow_password: str = ""
+    # The monitoring login: every exporter, HAProxy's stats port, Prometheus and Alertmanager ask for it (HTTPS).
+    monitoring_username: str = "monitoring"
+    monitoring_password: str = ""
     container_prefix: str = "mlflow-ha-lab-"
     log: list[str] = field(default_factory=list)
 
@@ -54,7 +59,35 @@ class Lab:
         auth = site.get("mlflow_auth_enabled", True)
         return cls(hosts=hosts, groups=groups, vip=site["mlflow_ha_vip"], network=site["lab_network"]["name"],
                    mlflow_username=site.get("mlflow_auth_admin_username", "admin") if auth else "",
-                   mlflow_password=site.get("mlflow_auth_admin_password", "") if auth else "")
+                   mlflow_password=site.get("mlflow_auth_admin_password", "") if auth else "",
+                   monitoring_username=site.get("mlflow_ha_monitoring_username", "monitoring"),
+                   monitoring_password=site.get("mlflow_ha_monitoring_password", ""))
+
+    def monitoring_headers(self) -> dict[str, str]:
+        """The monitoring login's Authorization header."""
+        token = base64.b64encode(f"{self.monitoring_username}:{self.monitoring_password}".encode()).decode()
+        return {"Authorization": "Basic " + token}
+
+    def monitoring_request(self, url: str, timeout: float = 5, method: str = "GET", body: Optional[bytes] = None,
+                           login: bool = True) -> tuple[int, bytes]:
+        """(status, body) of a request to a monitoring endpoint (HTTPS, the lab CA), with the monitoring login unless
+        ``login`` is false; an HTTP error status is returned, not raised."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if login:
+            headers.update(self.monitoring_headers())
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        context = ssl.create_default_context(cafile=self.ca_path)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def monitoring_json(self, url: str, timeout: float = 5) -> dict:
+        status, body = self.monitoring_request(url, timeout)
+        if status != 200:
+            raise OSError(f"GET {url} answered HTTP {status}")
+        return json.loads(body)
 
     def client_env(self) -> dict[str, str]:
         """The official client's CA and login settings (docs/clients.md), for its environment."""
@@ -236,7 +269,7 @@ class Lab:
             return False
 
     def lb_whole(self) -> bool:
-        return (all(self.http_ok(f"http://{self.hosts[h]}:8404/healthz") for h in self.groups["lb"])
+        return (all(self.https_up(f"https://{self.hosts[h]}:8404/healthz") for h in self.groups["lb"])
                 and len(self.vip_holders()) == 1
                 and all("active" in self.exec(h, "systemctl", "is-active", "keepalived") for h in self.groups["lb"]))
 

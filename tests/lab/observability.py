@@ -4,13 +4,11 @@ collection's own Prometheus parser (module_utils/prometheus.py, by its FQCN thro
 
 from __future__ import annotations
 
-import json
 import sys
 import urllib.parse
-import urllib.request
 from typing import Optional
 
-from labctl import ROOT, Lab, get_json
+from labctl import ROOT, Lab
 
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import Sample, parse
@@ -21,13 +19,15 @@ class Monitoring:
         self.lab = lab
         self.host = host
         address = lab.hosts[host]
-        self.prometheus = f"http://{address}:9090"
-        self.alertmanager = f"http://{address}:9093"
-        self.probe = f"http://{address}:9109/metrics"
+        # HTTPS with the monitoring login (the lab CA): Lab.monitoring_request.
+        self.prometheus = f"https://{address}:9090"
+        self.alertmanager = f"https://{address}:9093"
+        self.probe = f"https://{address}:9109/metrics"
 
     # -- Prometheus ---------------------------------------------------------------------------------------
     def targets(self) -> list[dict]:
-        return get_json(f"{self.prometheus}/api/v1/targets?state=active", timeout=5)["data"]["activeTargets"]
+        answer = self.lab.monitoring_json(f"{self.prometheus}/api/v1/targets?state=active", timeout=5)
+        return answer["data"]["activeTargets"]
 
     def targets_down(self) -> list[str]:
         """Every active target that is not up, as 'job/instance: last error' (empty when all are up)."""
@@ -36,13 +36,13 @@ class Monitoring:
 
     def query(self, expr: str) -> list[dict]:
         url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        answer = get_json(url, timeout=10)
+        answer = self.lab.monitoring_json(url, timeout=10)
         if answer.get("status") != "success":
             raise RuntimeError(f"Prometheus query {expr!r} failed: {answer}")
         return answer["data"]["result"]
 
     def firing(self, alertname: str) -> list[dict]:
-        alerts = get_json(f"{self.prometheus}/api/v1/alerts", timeout=5)["data"]["alerts"]
+        alerts = self.lab.monitoring_json(f"{self.prometheus}/api/v1/alerts", timeout=5)["data"]["alerts"]
         return [a for a in alerts if a["labels"].get("alertname") == alertname and a.get("state") == "firing"]
 
     # -- Alertmanager -------------------------------------------------------------------------------------
@@ -50,14 +50,15 @@ class Monitoring:
         """Alerts Alertmanager holds as active (received from Prometheus and not resolved)."""
         matchers = [f'alertname="{alertname}"'] + ([f'instance="{instance}"'] if instance else [])
         query = urllib.parse.urlencode([("filter", m) for m in matchers] + [("active", "true")])
-        with urllib.request.urlopen(f"{self.alertmanager}/api/v2/alerts?{query}", timeout=5) as resp:
-            return json.loads(resp.read())
+        return self.lab.monitoring_json(f"{self.alertmanager}/api/v2/alerts?{query}", timeout=5)
 
     # -- the registration probe ---------------------------------------------------------------------------
     def probe_samples(self) -> list[Sample]:
         """The probe's own /metrics."""
-        with urllib.request.urlopen(self.probe, timeout=5) as resp:
-            return parse(resp.read().decode())
+        status, body = self.lab.monitoring_request(self.probe, timeout=5)
+        if status != 200:
+            raise OSError(f"GET {self.probe} answered HTTP {status}")
+        return parse(body.decode())
 
     def probe_counts(self) -> dict[str, float]:
         """Successful registrations, failed ones, failed steps (all steps summed)."""

@@ -105,7 +105,8 @@ def test_probe_registers_through_the_vip(lab, mon):
 def test_every_dashboard_panel_has_data(lab, mon):
     queries = all_queries()
     assert queries, "no dashboard panel queries found"
-    problems = check_queries(mon.prometheus, queries)
+    problems = check_queries(mon.prometheus, queries, context=ssl.create_default_context(cafile=lab.ca_path),
+                             headers=lab.monitoring_headers())
     assert not problems, "dashboard panels without data:\n" + "\n".join(problems)
 
 
@@ -349,13 +350,16 @@ def test_the_host_firewall_admits_each_port_only_from_its_clients(lab):
 def test_what_must_be_refused_is_refused(lab):
     """From the controller and from a storage node (a host with no business in MLflow's API or Prometheus): an
     anonymous or wrongly authenticated MLflow write, a plain-HTTP write (redirected, never served), a user's admin
-    action, S3 without keys, presigned transfers, Prometheus's lifecycle API. The controller is in the lab's admin
-    network, so the services answer it themselves; the storage node's S3 and Prometheus requests are refused by the
-    host firewall first (FIREWALLED), the rest by the services. PostgreSQL, PgBouncer and the other tiers' ports
-    have tests of their own above. Still open in issue 14: Alertmanager's silences and the exporters answer anyone
-    the firewall admits (the monitoring host, the admin networks), and etcd any certificate of the collection CA."""
+    action, S3 without keys, presigned transfers, and without the monitoring login (HTTPS everywhere): Prometheus's
+    shutdown (the lifecycle API is off as well), an Alertmanager silence, an exporter's and the probe's metrics,
+    HAProxy's stats page. The controller is in the lab's admin network, so the services answer it themselves; the
+    storage node's S3 and monitoring requests are refused by the host firewall first (FIREWALLED), the rest by the
+    services. PostgreSQL, PgBouncer and the other tiers' ports have tests of their own above. Still open in issue
+    14: etcd accepts any certificate of the collection CA."""
     api, vip = lab.api_url, lab.vip
-    prometheus = f"http://{lab.hosts[lab.groups['monitoring'][0]]}:9090"
+    mon = lab.hosts[lab.groups["monitoring"][0]]
+    prometheus = f"https://{mon}:9090"
+    pg, lb = lab.hosts[lab.groups["postgres"][0]], lab.hosts[lab.groups["lb"][0]]
     site = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
     probe_user = site.get("registration_probe_username", "")
     probe_password = site.get("registration_probe_password", "")
@@ -370,7 +374,19 @@ def test_what_must_be_refused_is_refused(lab):
         ("S3 upload without keys", "PUT", f"https://{vip}:9000/mlflow/security-test", "", "", 403, FIREWALLED),
         ("presigned artifact download", "GET", f"{api}/api/2.0/mlflow-artifacts/presigned/0/x/artifacts/y",
          lab.mlflow_username, lab.mlflow_password, 501, 501),
-        ("Prometheus shutdown (lifecycle API)", "POST", f"{prometheus}/-/quit", "", "", 403, FIREWALLED),
+        ("Prometheus shutdown without the monitoring login", "POST", f"{prometheus}/-/quit", "", "", 401, FIREWALLED),
+        ("Prometheus shutdown with it (lifecycle API off)", "POST", f"{prometheus}/-/quit",
+         lab.monitoring_username, lab.monitoring_password, 403, FIREWALLED),
+        ("Alertmanager silence without the monitoring login", "POST", f"https://{mon}:9093/api/v2/silences", "", "",
+         401, FIREWALLED),
+        ("node_exporter without the monitoring login", "GET", f"https://{pg}:9100/metrics", "", "", 401, FIREWALLED),
+        ("postgres_exporter with a wrong password", "GET", f"https://{pg}:9187/metrics",
+         lab.monitoring_username, "not-the-password", 401, FIREWALLED),
+        ("the probe's metrics without the monitoring login", "GET", f"https://{mon}:9109/metrics", "", "", 401,
+         FIREWALLED),
+        ("HAProxy stats without the monitoring login", "GET", f"https://{lb}:8404/stats", "", "", 401, FIREWALLED),
+        ("HAProxy metrics without the monitoring login", "GET", f"https://{lb}:8404/metrics", "", "", 401,
+         FIREWALLED),
     ]
     if probe_user and lab.mlflow_username:
         checks.append(("a user creating users (admins only)", "POST", f"{api}/api/2.0/mlflow/users/create",
@@ -381,7 +397,8 @@ def test_what_must_be_refused_is_refused(lab):
              for where, expected in zip(("controller", outsider), by_source)
              if (got := status_from(lab, where, method, url, user, password)) != expected]
     assert not wrong, "requests that should have been refused:\n" + "\n".join(wrong)
-    assert lab.http_ok(f"{prometheus}/-/ready"), "Prometheus is not ready after the refused shutdown"
+    ready, _body = lab.monitoring_request(f"{prometheus}/-/ready")
+    assert ready == 200, "Prometheus is not ready after the refused shutdown"
 
 
 # -- The tier scenarios' checks, on the lab ---------------------------------------------------------------------

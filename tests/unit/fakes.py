@@ -205,7 +205,8 @@ def until(clock: FakeClock, at: float, before: Outcome, after: Outcome) -> Calla
 
 # What the roles copy beside their programs, by the plain name the programs import: here that name is the
 # collection's own module, the very file the role copies (docs/design-decisions.md, "One exposition writer").
-BESIDE_PROGRAMS = {"exposition": "ansible_collections.mlops.mlflow_ha.plugins.module_utils.exposition"}
+BESIDE_PROGRAMS = {"exposition": "ansible_collections.mlops.mlflow_ha.plugins.module_utils.exposition",
+                   "web_auth": "ansible_collections.mlops.mlflow_ha.plugins.module_utils.web_auth"}
 
 
 def load_program(path: Path) -> ModuleType:
@@ -217,3 +218,43 @@ def load_program(path: Path) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def web_config_files(directory: Path, users: dict[str, str]) -> tuple[Path, Path]:
+    """A CA, a certificate for 127.0.0.1 signed by it, and a web configuration (as the pki role's web_config entry
+    point writes it: JSON, paths relative to it, bcrypt hashes) in ``directory``; returns (web config, CA file)."""
+    import datetime
+    import json
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ansible_collections.mlops.mlflow_ha.plugins.filter.bcrypt_hash import bcrypt_hash
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "test.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "test.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    config = {"tls_server_config": {"cert_file": "test.crt", "key_file": "test.key", "min_version": "TLS12"},
+              "basic_auth_users": {u: bcrypt_hash(p, "test/" + u, rounds=4) for u, p in users.items()}}
+    (directory / "web-config.yml").write_text(json.dumps(config, indent=2))
+    return directory / "web-config.yml", directory / "ca.crt"

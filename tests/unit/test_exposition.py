@@ -27,6 +27,8 @@ PROGRAMS = (
     ("pgbouncer_exporter", "install.yml", "pgbouncer_exporter.py"),
     ("seaweedfs", "fence.yml", "storage_fence.py"),
 )
+# Other module_utils a program imports from beside it (the role copies them the same way).
+HELPERS = {"pgbouncer_exporter.py": ["web_auth.py"]}
 
 
 def test_label_values_escape_backslash_quote_and_newline():
@@ -108,14 +110,20 @@ def test_the_role_puts_the_writer_beside_its_program(role, tasks, program):
     assert items["exposition.py"]["src"] == "{{ role_path }}/../../plugins/module_utils/exposition.py"
     program_dir = items[program]["dest"]
     assert items["exposition.py"]["dest"] == "{{ %s | dirname }}/exposition.py" % program_dir.strip("{} ")
+    for helper in HELPERS.get(program, []):
+        assert items[helper]["src"] == "{{ role_path }}/../../plugins/module_utils/%s" % helper
+        assert items[helper]["dest"] == "{{ %s | dirname }}/%s" % (program_dir.strip("{} "), helper)
     assert not (ROOT / "roles" / role / "files" / "exposition.py").exists()
 
 
 @pytest.mark.parametrize(("role", "program"), [(entry[0], entry[2]) for entry in PROGRAMS])
 def test_the_program_runs_from_a_directory_with_only_the_writer_beside_it(tmp_path, role, program):
-    """As on the host: the program and exposition.py in one directory, no collection, no site-packages."""
+    """As on the host: the program and exposition.py (and its other helpers) in one directory, no collection, no
+    site-packages."""
     (tmp_path / program).write_bytes((ROOT / "roles" / role / "files" / program).read_bytes())
     (tmp_path / "exposition.py").write_bytes(WRITER.read_bytes())
+    for helper in HELPERS.get(program, []):
+        (tmp_path / helper).write_bytes((WRITER.parent / helper).read_bytes())
     code = ("import sys; sys.path.insert(0, %r); import %s as p; import exposition; "
             "print(p.Exposition is exposition.Exposition, exposition.__file__)" % (str(tmp_path), Path(program).stem))
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=False,

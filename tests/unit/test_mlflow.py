@@ -790,6 +790,17 @@ class TestInfo:
             has_auth = "Authorization" in request["headers"]
             assert has_auth == (not request["url"].startswith("http://10.0.0.100:8404")), request["url"]
 
+    def test_the_stats_page_gets_its_own_login_and_mlflow_never_gets_it(self, clock, rng):
+        prober, transport = prober_for(clock, rng, info_routes(stats=ok(HAPROXY_CSV.encode())), lb_url=VIP,
+                                       haproxy_stats_url=STATS, username="admin", password="pw",
+                                       haproxy_stats_username="monitoring", haproxy_stats_password="mon-pw")
+        check_servers(prober, min_healthy=1)
+        stats = "Basic " + base64.b64encode(b"monitoring:mon-pw").decode()
+        admin = "Basic " + base64.b64encode(b"admin:pw").decode()
+        for request in transport.requests:
+            expected = stats if request["url"].startswith("http://10.0.0.100:8404") else admin
+            assert request["headers"].get("Authorization") == expected, request["url"]
+
     @pytest.mark.parametrize(("routes", "state", "error"), [
         (server_routes(S2, health=refused()), "is down:", "GET /health: connection refused"),
         (server_routes(S2, health=ok(b"<html>502 Bad Gateway</html>", status=502)),
@@ -889,7 +900,8 @@ def version_params(**kw):
 
 
 def info_params(**kw):
-    base = dict(endpoints=list(SERVERS), lb_url=None, haproxy_stats_url=None, haproxy_backend="mlflow",
+    base = dict(endpoints=list(SERVERS), lb_url=None, haproxy_stats_url=None, haproxy_stats_username=None,
+                haproxy_stats_password=None, haproxy_backend="mlflow",
                 haproxy_servers=[], min_healthy=None, username=None, password=None, wait_timeout=0.0,
                 poll_interval=2.0, timeout=5.0, deadline=15.0, max_attempts=2, **TLS)
     base.update(kw)

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fakes import load_program
+from fakes import load_program, web_config_files
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import families, parse
 
@@ -121,3 +121,38 @@ def test_http_endpoint_on_loopback():
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=2)
     assert err.value.code == 404
+
+
+def test_https_and_basic_auth_from_the_web_configuration(tmp_path):
+    import base64
+    import ssl
+
+    path, ca = web_config_files(tmp_path, {"monitoring": "pw"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = px.WebConfig.load(str(path))
+    threading.Thread(target=px.serve, args=(f"127.0.0.1:{port}", console(), web), daemon=True).start()
+    context = ssl.create_default_context(cafile=str(ca))
+    login = {"Authorization": "Basic " + base64.b64encode(b"monitoring:pw").decode()}
+    for _attempt in range(50):
+        try:
+            request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics", headers=login)
+            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+                body = resp.read().decode()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            threading.Event().wait(0.1)
+    else:
+        pytest.fail("the exporter did not answer over HTTPS on loopback")
+    assert "pgbouncer_up 1.0" in body
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=2, context=context)
+    assert err.value.code == 401
+
+
+def test_a_web_configuration_it_cannot_read_stops_it_at_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PGBOUNCER_USER", "postgres_exporter")
+    monkeypatch.setenv("EXPORTER_WEB_CONFIG", str(tmp_path / "missing.yml"))
+    assert px.main() == 2
+    assert "missing.yml" in capsys.readouterr().err

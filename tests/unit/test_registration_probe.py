@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from fakes import FakeClock, load_program, refused, timed_out
+from fakes import FakeClock, load_program, refused, timed_out, web_config_files
 from test_mlflow import API, ARTIFACTS, FakeMlflow, mlflow_fail, mlflow_json
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import Response
@@ -493,6 +494,27 @@ class TestMetrics:
             server.server_close()
             thread.join(5)
 
+    def test_served_over_https_behind_the_login(self, tmp_path):
+        path, ca = web_config_files(tmp_path, {"monitoring": "pw"})
+        server = rp.MetricsServer(("127.0.0.1", 0), rp.Metrics(), rp.WebConfig.load(str(path)))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        base = "https://127.0.0.1:%d" % server.server_address[1]
+        context = ssl.create_default_context(cafile=str(ca))
+        login = {"Authorization": "Basic " + base64.b64encode(b"monitoring:pw").decode()}
+        try:
+            request = urllib.request.Request(base + "/metrics", headers=login)
+            with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+                assert self.types(answer.read().decode()) == FAMILIES
+            for path_ in ("/metrics", "/health"):
+                with pytest.raises(urllib.error.HTTPError) as info:
+                    urllib.request.urlopen(base + path_, timeout=5, context=context)
+                assert info.value.code == 401
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
     def test_updates_from_many_threads_are_all_counted(self):
         metrics = rp.Metrics()
 
@@ -576,6 +598,7 @@ class TestConfig:
         ({"PROBE_MODEL": "a'b\"c"}, "PROBE_MODEL must be a name MLflow's search can express"),
         ({"PROBE_CA_PATH": "/nonexistent/ca.pem"}, "PROBE_CA_PATH /nonexistent/ca.pem is not a file"),
         ({"PROBE_PASSWORD": SECRET}, "PROBE_PASSWORD is set but PROBE_USERNAME is not"),
+        ({"PROBE_WEB_CONFIG": "/nonexistent/web.yml"}, "PROBE_WEB_CONFIG /nonexistent/web.yml is not a file"),
     ])
     def test_refused_with_a_sentence(self, env, message):
         if env and "PROBE_TRACKING_URI" not in env:

@@ -7,10 +7,11 @@ column `total_requests`, which PgBouncer renamed in 1.8; against Debian 12's PgB
 whatever columns the running PgBouncer has, so a renamed column costs a metric, never the exporter.
 
 Environment: PGBOUNCER_HOST (127.0.0.1), PGBOUNCER_PORT (6432), PGBOUNCER_USER, PGPASSWORD (libpq reads it),
-EXPORTER_LISTEN (0.0.0.0:9127), EXPORTER_CONNECT_TIMEOUT (3 seconds). Uses psycopg2 (python3-psycopg2, which the
-patroni role installs as well) and exposition.py, the collection's Prometheus text writer
-(plugins/module_utils/exposition.py), which the role copies beside this file. One short connection per scrape:
-nothing stale between scrapes.
+EXPORTER_LISTEN (0.0.0.0:9127), EXPORTER_CONNECT_TIMEOUT (3 seconds), EXPORTER_WEB_CONFIG (the web configuration
+file the Prometheus exporters read with --web.config.file: TLS and basic auth; unset serves plain HTTP to anyone).
+Uses psycopg2 (python3-psycopg2, which the patroni role installs as well), and exposition.py and web_auth.py, the
+collection's Prometheus text writer and web configuration reader (plugins/module_utils), which the role copies
+beside this file. One short connection per scrape: nothing stale between scrapes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from exposition import Exposition
+from web_auth import SecureServerMixin, WebConfig, WebConfigError, authorized
 
 
 class Metric(NamedTuple):
@@ -150,12 +152,17 @@ def psycopg2_factory(host: str, port: int, user: str, timeout: int) -> Callable[
     return factory
 
 
-def serve(listen: str, factory: Callable[[], Tuple[Query, Callable[[], None]]]) -> None:
+def serve(listen: str, factory: Callable[[], Tuple[Query, Callable[[], None]]],
+          web_config: Optional[WebConfig] = None) -> None:
     host, port = listen.rsplit(":", 1)
     host = host.strip("[]") or "0.0.0.0"
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # a client that stalls (in the TLS handshake too) frees its thread
+
         def do_GET(self) -> None:
+            if not authorized(self):
+                return
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404, "metrics are at /metrics")
                 return
@@ -169,11 +176,13 @@ def serve(listen: str, factory: Callable[[], Tuple[Query, Callable[[], None]]]) 
         def log_message(self, *args: Any) -> None:
             return
 
-    class Server(ThreadingHTTPServer):
+    class Server(SecureServerMixin, ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
 
-    Server((host, int(port)), Handler).serve_forever()
+    server = Server((host, int(port)), Handler)
+    server.secure(web_config)
+    server.serve_forever()
 
 
 def main() -> int:
@@ -184,7 +193,15 @@ def main() -> int:
     factory = psycopg2_factory(os.environ.get("PGBOUNCER_HOST", "127.0.0.1"),
                                int(os.environ.get("PGBOUNCER_PORT", "6432")), user,
                                int(os.environ.get("EXPORTER_CONNECT_TIMEOUT", "3")))
-    serve(os.environ.get("EXPORTER_LISTEN", "0.0.0.0:9127"), factory)
+    web_config = None
+    if os.environ.get("EXPORTER_WEB_CONFIG"):
+        try:
+            web_config = WebConfig.load(os.environ["EXPORTER_WEB_CONFIG"])
+            web_config.ssl_context()  # a missing or unreadable key fails here, at start
+        except (WebConfigError, OSError) as err:
+            print("pgbouncer_exporter: %s" % err, file=sys.stderr)
+            return 2
+    serve(os.environ.get("EXPORTER_LISTEN", "0.0.0.0:9127"), factory, web_config)
     return 0
 
 

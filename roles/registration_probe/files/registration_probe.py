@@ -5,9 +5,9 @@ VIP the way a user does, and serves what happened as Prometheus metrics.
 
 Run it as ``python3 registration_probe.py`` with ``<dir>`` on PYTHONPATH, where ``<dir>`` holds the collection's
 ``ansible_collections/mlops/mlflow_ha/plugins/module_utils/`` (``mlflow.py``, ``http_client.py``,
-``resilience.py``, ``exposition.py``, and an empty ``__init__.py`` at each level): the probe talks to MLflow with
-the collection's own client and writes its metrics with the collection's writer. Nothing else besides the standard
-library.
+``resilience.py``, ``exposition.py``, ``web_auth.py``, and an empty ``__init__.py`` at each level): the probe talks
+to MLflow with the collection's own client, writes its metrics with the collection's writer and serves them behind
+the collection's TLS and basic auth. Nothing else besides the standard library.
 
 Configuration, from the environment (the credentials from a systemd EnvironmentFile; they are never logged):
 
@@ -22,6 +22,8 @@ PROBE_LISTEN         where /metrics and /health are served: host:port or [v6 add
 PROBE_CA_PATH        CA bundle that verifies an https PROBE_TRACKING_URI (default: the system's)
 PROBE_USERNAME       user for MLflow's basic-auth app (optional)
 PROBE_PASSWORD       its password (optional)
+PROBE_WEB_CONFIG     the web configuration file the Prometheus exporters read (--web.config.file): HTTPS and basic
+                     auth for /metrics and /health (module_utils/web_auth.py); unset serves plain HTTP to anyone
 ==================== =====================================================================================
 
 A cycle is four steps, each one request with one attempt and the PROBE_TIMEOUT, no retry, no failover and no
@@ -43,7 +45,8 @@ failed request ends the pruning until the next cycle. Only what carries the prob
 ever deleted. A failed clean-up request is counted and logged, never failing the registration. Successes are logged
 only the first time and after failures.
 
-Metrics (text format 0.0.4) on ``GET /metrics``; ``GET /health`` answers ``ok``:
+Metrics (text format 0.0.4) on ``GET /metrics``; ``GET /health`` answers ``ok``; both ask for the login of
+PROBE_WEB_CONFIG when it has users:
 
 - ``mlflow_probe_registrations_total`` (counter): cycles finished, failed ones included;
 - ``mlflow_probe_registration_failures_total`` (counter): cycles that failed;
@@ -93,6 +96,12 @@ try:
         sha256_hex,
     )
     from ansible_collections.mlops.mlflow_ha.plugins.module_utils.resilience import Clock
+    from ansible_collections.mlops.mlflow_ha.plugins.module_utils.web_auth import (
+        SecureServerMixin,
+        WebConfig,
+        WebConfigError,
+        authorized,
+    )
 except ImportError as err:  # the role puts them there: say what is missing instead of a traceback
     sys.stderr.write("registration probe: cannot import the collection's module_utils (%s): put the directory "
                      "holding ansible_collections/mlops/mlflow_ha/plugins/module_utils on PYTHONPATH\n" % err)
@@ -139,6 +148,7 @@ class Config:
     ca_path: Optional[str] = None
     username: Optional[str] = field(default=None, repr=False)
     password: Optional[str] = field(default=None, repr=False)
+    web_config: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -168,10 +178,14 @@ class Config:
         password = env.get("PROBE_PASSWORD") or None
         if password is not None and username is None:
             raise ConfigError("PROBE_PASSWORD is set but PROBE_USERNAME is not")
+        web_config = get("PROBE_WEB_CONFIG") or None
+        if web_config is not None and not os.path.isfile(web_config):
+            raise ConfigError("PROBE_WEB_CONFIG %s is not a file" % web_config)
         return cls(tracking_uri=uri, interval=_number(get, "PROBE_INTERVAL", float, 0.1),
                    timeout=_number(get, "PROBE_TIMEOUT", float, 0.1), model=model, experiment=experiment,
                    keep_versions=int(_number(get, "PROBE_KEEP_VERSIONS", int, 1)),
-                   listen=parse_listen(get("PROBE_LISTEN")), ca_path=ca_path, username=username, password=password)
+                   listen=parse_listen(get("PROBE_LISTEN")), ca_path=ca_path, username=username, password=password,
+                   web_config=web_config)
 
     def secrets(self) -> List[str]:
         """What must never reach a log: the password and the Authorization token made from it."""
@@ -508,8 +522,11 @@ class Probe:
 class MetricsHandler(BaseHTTPRequestHandler):
     server_version = "mlflow-ha-registration-probe"
     server: MetricsServer
+    timeout = 30  # a client that stalls (in the TLS handshake too) frees its thread
 
     def do_GET(self) -> None:
+        if not authorized(self):
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             status, ctype, body = 200, CONTENT_TYPE, self.server.metrics.render().encode("utf-8")
@@ -527,14 +544,17 @@ class MetricsHandler(BaseHTTPRequestHandler):
         """Scrapes every few seconds would fill the journal: not logged."""
 
 
-class MetricsServer(ThreadingHTTPServer):
+class MetricsServer(SecureServerMixin, ThreadingHTTPServer):
+    """Serves the metrics; with a web configuration, over TLS and behind its basic-auth logins."""
+
     daemon_threads = True
 
-    def __init__(self, address: Tuple[str, int], metrics: Metrics):
+    def __init__(self, address: Tuple[str, int], metrics: Metrics, web_config: Optional[WebConfig] = None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.metrics = metrics
         super().__init__(address, MetricsHandler)
+        self.secure(web_config)
 
 
 # -- logging and main ------------------------------------------------------------------------------------
@@ -587,7 +607,11 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
         return 2
     metrics = Metrics()
     try:
-        server = MetricsServer(config.listen, metrics)
+        web_config = WebConfig.load(config.web_config) if config.web_config else None
+        server = MetricsServer(config.listen, metrics, web_config)
+    except WebConfigError as err:
+        log.error("registration probe: PROBE_WEB_CONFIG: %s", err)
+        return 2
     except OSError as err:
         log.error("registration probe: cannot serve metrics on %s port %d (PROBE_LISTEN): %s", *config.listen, err)
         return 2
@@ -605,9 +629,9 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
     probing.start()
     host, port = server.server_address[:2]
     log.info("registration probe: registering in model '%s' (experiment '%s') through %s every %g s, %g s per "
-             "request, keeping %d versions; metrics on %s port %d; basic auth %s", config.model, config.experiment,
-             config.tracking_uri, config.interval, config.timeout, config.keep_versions, host, port,
-             "on" if config.username else "off")
+             "request, keeping %d versions; metrics on %s port %d (%s); basic auth %s", config.model,
+             config.experiment, config.tracking_uri, config.interval, config.timeout, config.keep_versions, host, port,
+             "https, login required" if config.web_config else "plain http, open", "on" if config.username else "off")
     code = 0
     while True:
         received = signal.sigtimedwait(signals, 1.0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 
 import pytest
 
 PORT = 9100
+# HTTPS with the monitoring login (molecule.yml); the CA is the one the role installed beside its certificate.
+LOGIN = ("monitoring", "molecule-monitoring")
+CURL = f"curl -fsS --cacert /etc/prometheus/node-exporter-tls/ca.crt -u {LOGIN[0]}:{LOGIN[1]}"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -23,7 +25,7 @@ def families(text: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def metrics(host) -> dict[str, list[str]]:
-    cmd = host.run(f"curl -fsS http://127.0.0.1:{PORT}/metrics")
+    cmd = host.run(f"{CURL} https://127.0.0.1:{PORT}/metrics")
     assert cmd.rc == 0, cmd.stderr
     return families(cmd.stdout)
 
@@ -63,7 +65,7 @@ def test_textfile_collector_reads_directory(host):
     prom = "/var/lib/prometheus/node-exporter/molecule.prom"
     host.run(f"printf 'mlflow_ha_molecule_probe 42\\n' > {prom}")
     try:
-        cmd = host.run(f"curl -fsS http://127.0.0.1:{PORT}/metrics")
+        cmd = host.run(f"{CURL} https://127.0.0.1:{PORT}/metrics")
         assert "mlflow_ha_molecule_probe 42" in cmd.stdout
     finally:
         host.run(f"rm -f {prom}")
@@ -72,6 +74,10 @@ def test_textfile_collector_reads_directory(host):
 def test_scrape_from_controller(host):
     # Prometheus scrapes from another machine: the exporter must answer on the host's network address.
     addr = host.interface("eth0").addresses[0]
-    with urllib.request.urlopen(f"http://{addr}:{PORT}/metrics", timeout=10) as resp:
-        assert resp.status == 200
-        assert "node_exporter_build_info" in families(resp.read().decode())
+    cmd = host.run(f"{CURL} https://{addr}:{PORT}/metrics")
+    assert cmd.rc == 0, cmd.stderr
+    assert "node_exporter_build_info" in families(cmd.stdout)
+    # Without the login: 401.
+    refused = host.run(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert /etc/prometheus/node-exporter-tls/ca.crt "
+                       f"https://{addr}:{PORT}/metrics")
+    assert refused.stdout == "401"
