@@ -5,8 +5,8 @@ to the storage hosts' certificate names, four distinct JWT keys derived from the
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
