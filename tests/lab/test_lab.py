@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboards import all_queries, check_queries
-from labctl import OUTPUT, ROOT, Lab, Load, run_faults, run_lab, summarize, tail, wait_until
+from labctl import OUTPUT, ROOT, Lab, Load, get_json, run_faults, run_lab, summarize, tail, wait_until
 from observability import Monitoring
 
 
@@ -399,6 +399,65 @@ def test_what_must_be_refused_is_refused(lab):
     assert not wrong, "requests that should have been refused:\n" + "\n".join(wrong)
     ready, _body = lab.monitoring_request(f"{prometheus}/-/ready")
     assert ready == 200, "Prometheus is not ready after the refused shutdown"
+
+
+# Run on the controller: a TLS handshake with a gRPC port (ALPN h2) presenting the client certificate CERT/KEY, or
+# none when they are empty, then the HTTP/2 preface; "ok" when the server answers it, else "refused" and why. Under
+# TLS 1.3 the server's refusal of a client certificate arrives as an alert on the first read, hence the preface.
+GRPC_HANDSHAKE_SCRIPT = """
+import socket, ssl, sys
+address, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+context = ssl.create_default_context(cafile=ca)
+context.check_hostname = False  # SeaweedFS's certificates name the host, the test dials its address
+context.set_alpn_protocols(["h2"])
+if cert:
+    context.load_cert_chain(cert, key)
+try:
+    with socket.create_connection((address, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + bytes.fromhex("000000040000000000"))
+        print("ok" if tls.recv(9) else "refused: closed")
+except (ssl.SSLError, OSError) as err:
+    print("refused:", type(err).__name__, err)
+"""
+
+
+def test_seaweedfs_refuses_what_has_no_credential(lab):
+    """security.toml, from the controller (in the admin network: the host firewall admits it to every SeaweedFS
+    port, so the answers are SeaweedFS's own). A volume server refuses a write and a read without the master's
+    token; the filer's HTTP API refuses a write and a listing without a token (HTTP 401 each). Every gRPC port
+    (master 19333, volume 18080, filer 18888, S3 18333) refuses a client without a certificate and one with a
+    certificate of the collection CA whose name is not a storage host's (pg1's etcd certificate); the storage
+    host's own certificate is let in, so the refusals are about the certificate. Still open: anyone the firewall
+    admits to a master's HTTP port can ask it for tokens (/dir/assign) unless seaweedfs_guard_white_list is set."""
+    storage = lab.groups["storage"]
+    first = lab.hosts[storage[0]]
+    # A fresh file id; the master's token (the Authorization header) is dropped.
+    assign = get_json(f"http://{first}:9333/dir/assign", timeout=10)
+    fid, volume = assign["fid"], assign["url"]
+    checks = [
+        ("volume write without a token", "POST", f"http://{volume}/{fid}"),
+        ("volume read without a token", "GET", f"http://{volume}/{fid}"),
+        ("filer write without a token", "POST", f"http://{first}:8888/security-test/"),
+        ("filer listing without a token", "GET", f"http://{first}:8888/buckets/"),
+    ]
+    wrong = [f"{what}: HTTP {got}, expected 401" for what, method, url in checks
+             if (got := status_from(lab, "controller", method, url)) != 401]
+    hosts_store = ROOT / "inventories" / "pki" / "lab" / "hosts"
+    identities = {
+        "no certificate": ("", "", "refused"),
+        "pg1's etcd certificate": (str(hosts_store / "pg1" / "etcd.crt"), str(hosts_store / "pg1" / "etcd.key"),
+                                   "refused"),
+        f"{storage[0]}'s certificate": (str(hosts_store / storage[0] / "seaweedfs.crt"),
+                                        str(hosts_store / storage[0] / "seaweedfs.key"), "ok"),
+    }
+    ports = [(storage[0], 19333), (storage[-1], 18080), (storage[-1], 18888), (storage[-1], 18333)]
+    for host, port in ports:
+        for name, (cert, key, expected) in identities.items():
+            got = run_python(lab, "controller", GRPC_HANDSHAKE_SCRIPT, lab.hosts[host], str(port), lab.ca_path,
+                             cert, key)
+            if not got.startswith(expected):
+                wrong.append(f"gRPC {host}:{port} with {name}: {got or 'no answer'}, expected {expected}")
+    assert not wrong, "SeaweedFS let in what has no credential:\n" + "\n".join(wrong)
 
 
 # -- The tier scenarios' checks, on the lab ---------------------------------------------------------------------
