@@ -109,15 +109,21 @@ class UrllibTransport(Transport):
             return Response(err.code, err.read() or b"", dict(err.headers.items()) if err.headers else {}, url)
         except urllib.error.URLError as err:
             # urllib wraps errors raised while connecting and sending: the request was not received whole.
-            raise self._transport_error(err.reason, reached=False) from err
+            raise self._transport_error(err.reason, reached=False, url=url) from err
         except (socket.timeout, ConnectionError, OSError, http.client.HTTPException) as err:
             # Raised while waiting for or reading the answer (a timeout, a reset, a truncated body, a garbled
             # status line): the server may have received and processed the request.
-            raise self._transport_error(err, reached=True) from err
+            raise self._transport_error(err, reached=True, url=url) from err
 
     @staticmethod
-    def _transport_error(reason: object, reached: bool) -> TransportError:
-        if isinstance(reason, socket.timeout):
+    def _transport_error(reason: object, reached: bool, url: str = "") -> TransportError:
+        if (isinstance(reason, (http.client.RemoteDisconnected, ConnectionResetError))
+                and urlsplit(url).scheme == "http"):
+            # What a TLS-only server (the MLflow servers with mlflow_tls: uvicorn) does with a plain-HTTP request: it
+            # closes the connection at the failed handshake without a word (a reset when the request lay unread).
+            text = ("closed the connection without an answer (%s: %s); a port that speaks only HTTPS does that to "
+                    "plain HTTP: try https:// with the CA (ca_path)" % (type(reason).__name__, reason))
+        elif isinstance(reason, socket.timeout):
             text = "timed out"
         elif isinstance(reason, ConnectionRefusedError):
             text = "connection refused"

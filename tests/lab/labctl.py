@@ -246,7 +246,9 @@ class Lab:
             return False
 
     def mlflow_whole(self) -> bool:
-        return all(self.http_ok(f"http://{self.hosts[h]}:5000/health") for h in self.groups["mlflow"])
+        # Each server itself (HTTPS with the collection CA while the mlflow role's mlflow_tls is on).
+        urls = [mlflow_server_url(self.hosts[h]) + "/health" for h in self.groups["mlflow"]]
+        return all(self.https_up(u) if u.startswith("https://") else self.http_ok(u) for u in urls)
 
     def storage_whole(self) -> bool:
         masters = [self.hosts[h] for h in self.groups["storage"][:3]]
@@ -287,6 +289,22 @@ def etcd_client() -> dict:
     if any("{{" in path for path in tls.values()):
         raise ValueError(f"roles/etcd/vars/main.yml _etcd_tls_files names more than etcd_cert_dir: {files}")
     return {"scheme": "https" if settings["etcd_tls"] else "http", "port": int(settings["etcd_client_port"]), **tls}
+
+
+def role_settings(role: str) -> dict:
+    """A role's defaults with the lab inventory's settings of that role (<role>_*) over them, as the lab runs it."""
+    settings = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
+    for name in ("all.yml", "lab.yml"):
+        overrides = yaml.safe_load((INVENTORY / "group_vars" / name).read_text()) or {}
+        settings.update({k: v for k, v in overrides.items() if k.startswith(role + "_")})
+    return settings
+
+
+def mlflow_server_url(address: str) -> str:
+    """The base URL of the MLflow server at `address` itself (not through the VIP), as the mlflow role serves it:
+    HTTPS while mlflow_tls is on (its default), on mlflow_port."""
+    settings = role_settings("mlflow")
+    return f"{'https' if settings['mlflow_tls'] else 'http'}://{address}:{int(settings['mlflow_port'])}"
 
 
 def etcdctl_command(addresses: list[str], args: str) -> str:

@@ -34,7 +34,19 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboards import all_queries, check_queries
-from labctl import OUTPUT, ROOT, Lab, Load, get_json, run_faults, run_lab, summarize, tail, wait_until
+from labctl import (
+    OUTPUT,
+    ROOT,
+    Lab,
+    Load,
+    get_json,
+    mlflow_server_url,
+    run_faults,
+    run_lab,
+    summarize,
+    tail,
+    wait_until,
+)
 from observability import Monitoring
 
 
@@ -399,6 +411,24 @@ def test_what_must_be_refused_is_refused(lab):
     assert not wrong, "requests that should have been refused:\n" + "\n".join(wrong)
     ready, _body = lab.monitoring_request(f"{prometheus}/-/ready")
     assert ready == 200, "Prometheus is not ready after the refused shutdown"
+
+
+def test_the_mlflow_servers_answer_only_https(lab):
+    """mlflow_tls (issue 14, TLS between tiers): from the controller, which the host firewall admits to each server's
+    port, a plain-HTTP request to an MLflow server itself gets no HTTP answer at all (uvicorn closes the connection
+    at the failed handshake), while HTTPS verified with the collection CA answers /health 200. What HAProxy sends a
+    server (basic-auth logins included) therefore crosses the network encrypted; the load balancers' checks pass
+    over TLS, or nothing would be served through the VIP in the other tests."""
+    wrong = []
+    for host in lab.groups["mlflow"]:
+        https = mlflow_server_url(lab.hosts[host])
+        assert https.startswith("https://"), f"the lab serves MLflow in plain HTTP: {https}"
+        plain = "http://" + https.split("://", 1)[1]
+        if (got := status_from(lab, "controller", "GET", f"{plain}/health")) > 0:
+            wrong.append(f"{host}: plain HTTP {plain}/health answered HTTP {got}, expected no HTTP answer")
+        if (got := status_from(lab, "controller", "GET", f"{https}/health")) != 200:
+            wrong.append(f"{host}: {https}/health with the collection CA answered {got}, expected 200")
+    assert not wrong, "the MLflow servers' own port:\n" + "\n".join(wrong)
 
 
 # Run on the controller: a TLS handshake with a gRPC port (ALPN h2) presenting the client certificate CERT/KEY, or

@@ -1,17 +1,22 @@
-"""Retry rules, endpoint failover, breaker use and error text of the HTTP client, with no network."""
+"""Retry rules, endpoint failover, breaker use and error text of the HTTP client, with no network; and the
+standard-library transport against a TLS-only server on loopback (as the MLflow servers are with mlflow_tls)."""
 
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
+import threading
 
 import pytest
-from fakes import FakeTransport, ok, refused, reset_after_send
+from fakes import FakeTransport, ok, refused, reset_after_send, web_config_files
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.http_client import (
     HttpClient,
     HttpClientError,
     Response,
     ServiceClient,
+    TransportError,
     UrllibTransport,
     base_url,
     endpoint_list,
@@ -363,3 +368,85 @@ def test_last_outcome_is_what_the_last_attempt_got_else_the_whole_text(clock, rn
         c.request("GET", "/x")
     assert info.value.last_outcome() == "HTTP 503 busy"
     assert HttpClientError("no attempt made", [], {}).last_outcome() == "no attempt made"
+
+
+def serve_https_only(tmp_path, drain=True):
+    """A server on 127.0.0.1 that speaks only HTTPS (a certificate of a test CA for 127.0.0.1): like uvicorn with
+    --ssl-certfile, it answers GET with 200 and closes a connection whose TLS handshake fails without a word, having
+    read the request (drain; uvicorn does) or not (the kernel then resets the connection). Returns (port, CA file,
+    stop)."""
+    _config, ca = web_config_files(tmp_path, {"monitoring": "pw"})
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tmp_path / "test.crt"), str(tmp_path / "test.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    if conn.recv(1, socket.MSG_PEEK) != b"\x16":
+                        # Not a TLS handshake (a plain-HTTP request): closed unanswered, read or unread.
+                        conn.settimeout(0.2)
+                        while drain and conn.recv(65536):
+                            pass
+                        continue
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(65536)
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+                except (ssl.SSLError, OSError):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+    return listener.getsockname()[1], ca, close
+
+
+class TestUrllibTransportAgainstAnHttpsOnlyServer:
+    def test_https_with_the_ca_is_answered(self, tmp_path):
+        port, ca, close = serve_https_only(tmp_path)
+        try:
+            answer = UrllibTransport(ca_path=str(ca)).send("GET", "https://127.0.0.1:%d/health" % port, None, {}, 5)
+            assert (answer.status, answer.body) == (200, b"OK")
+        finally:
+            close()
+
+    @pytest.mark.parametrize(("drain", "error"), [(True, "RemoteDisconnected"), (False, "ConnectionResetError")])
+    def test_plain_http_gets_no_answer_and_the_error_says_to_use_https_and_the_ca(self, tmp_path, drain, error):
+        port, ca, close = serve_https_only(tmp_path, drain=drain)
+        try:
+            with pytest.raises(TransportError) as info:
+                UrllibTransport(ca_path=str(ca)).send("GET", "http://127.0.0.1:%d/health" % port, None, {}, 5)
+            assert str(info.value).startswith("closed the connection without an answer (%s: " % error)
+            assert str(info.value).endswith("try https:// with the CA (ca_path)")
+            assert info.value.reached_server, "the request was sent: a POST must not be repeated blindly"
+        finally:
+            close()
+
+    def test_https_without_the_ca_is_a_tls_error(self, tmp_path):
+        port, _ca, close = serve_https_only(tmp_path)
+        try:
+            with pytest.raises(TransportError) as info:
+                UrllibTransport().send("GET", "https://127.0.0.1:%d/health" % port, None, {}, 5)
+            assert str(info.value).startswith("TLS error (") and "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+            assert not info.value.reached_server
+        finally:
+            close()
+
+
+def test_a_reset_of_an_https_request_is_reported_as_it_is():
+    error = UrllibTransport._transport_error(ConnectionResetError(104, "Connection reset by peer"), reached=True,
+                                             url="https://10.0.0.31:5000/health")
+    assert str(error) == "ConnectionResetError: [Errno 104] Connection reset by peer"

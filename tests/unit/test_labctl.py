@@ -1,4 +1,5 @@
-"""What tests/lab/labctl.py derives from the roles without a lab: the etcdctl command line the chaos faults use."""
+"""What tests/lab/labctl.py derives from the roles without a lab: the etcdctl command line the chaos faults use, and
+the URL of an MLflow server itself."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def test_etcdctl_command_names_every_member_and_the_client_tls():
     assert command == (
         "ETCDCTL_API=3 etcdctl --cacert=%(ca)s --cert=%(cert)s --key=%(key)s --command-timeout=5s "
         "--endpoints=https://10.0.0.1:%(port)d,https://10.0.0.2:%(port)d endpoint status -w json" % client)
+
+
+def test_an_mlflow_server_is_reached_as_the_mlflow_role_serves_it():
+    defaults = yaml.safe_load((ROOT / "roles" / "mlflow" / "defaults" / "main.yml").read_text())
+    assert defaults["mlflow_tls"] is True, "HTTPS between the tiers by default"
+    assert labctl.mlflow_server_url("172.28.79.31") == "https://172.28.79.31:%d" % defaults["mlflow_port"]
