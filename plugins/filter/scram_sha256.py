@@ -13,10 +13,14 @@ version_added: "0.1.0"
 description:
   - The form PostgreSQL keeps in C(pg_authid.rolpassword) and PgBouncer reads from its auth file,
     C(SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>) (RFC 5802, RFC 7677).
-  - The salt is derived from the password and the user name (HMAC-SHA256), so the same user and password give the
-    same secret on every run (a role that sets it, PostgreSQL's user or PgBouncer's auth file, changes nothing
-    the second time), and PostgreSQL and PgBouncer hold byte-identical secrets, which PgBouncer needs to log in
-    to PostgreSQL on a client's behalf without the plain password.
+  - The salt is derived from the user name (SHA-256), never from the password: a salt is public (in
+    C(pg_authid) and the auth file), and one computed from the password would let anyone who reads it test
+    password guesses at the speed of one hash, skipping PBKDF2's iterations. So the same user and password give
+    the same secret on every run (a role that sets it, PostgreSQL's user or PgBouncer's auth file, changes
+    nothing the second time), and PostgreSQL and PgBouncer hold byte-identical secrets, which PgBouncer needs to
+    log in to PostgreSQL on a client's behalf without the plain password.
+  - The price of a salt that does not change: the same user and password give the same secret on every site that
+    uses this filter (give each site's users their own passwords, as the vault does).
   - A value that already is a SCRAM secret is returned as it is.
 author:
   - mlflow-ha developers (@mlflow-ha)
@@ -26,7 +30,7 @@ options:
     type: str
     required: true
   username:
-    description: The user's name (part of the salt).
+    description: The user's name (the salt is derived from it).
     type: str
     required: true
   iterations:
@@ -70,8 +74,7 @@ def scram_sha256(password, username, iterations=4096):
     password = str(password)
     if password.startswith(PREFIX):
         return password
-    salt = hmac.new(password.encode("utf-8"), b"mlflow-ha scram salt:" + str(username).encode("utf-8"),
-                    hashlib.sha256).digest()[:16]
+    salt = hashlib.sha256(b"mlflow-ha scram salt:" + str(username).encode("utf-8")).digest()[:16]
     return scram_secret(password, salt, int(iterations))
 
 

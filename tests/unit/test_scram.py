@@ -44,6 +44,14 @@ def test_the_same_user_and_password_give_the_same_secret_and_others_differ():
     assert len(parts(first)[1]) == 16
 
 
+def test_the_salt_tells_nothing_about_the_password():
+    """The salt is public (pg_authid, PgBouncer's auth file): it depends on the user alone, so it cannot be used to
+    test password guesses without PBKDF2's iterations."""
+    salts = {parts(scram_sha256(password, "mlflow"))[1] for password in ("lab-mlflow-db", "another-password", "x" * 40)}
+    assert salts == {hashlib.sha256(b"mlflow-ha scram salt:mlflow").digest()[:16]}
+    assert parts(scram_sha256("lab-mlflow-db", "postgres_exporter"))[1] not in salts
+
+
 def test_a_secret_is_passed_through_and_the_filter_is_registered():
     secret = scram_sha256("x" * 12, "u")
     assert scram_sha256(secret, "someone-else") == secret
