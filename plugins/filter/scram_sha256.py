@@ -13,13 +13,13 @@ version_added: "0.1.0"
 description:
   - The form PostgreSQL keeps in C(pg_authid.rolpassword) and PgBouncer reads from its auth file,
     C(SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>) (RFC 5802, RFC 7677).
-  - The salt is derived from the user name (SHA-256), never from the password: a salt is public (in
+  - The salt is derived from the user name (SHA-256), never from the password; a salt is public (in
     C(pg_authid) and the auth file), and one computed from the password would let anyone who reads it test
     password guesses at the speed of one hash, skipping PBKDF2's iterations. So the same user and password give
     the same secret on every run (a role that sets it, PostgreSQL's user or PgBouncer's auth file, changes
     nothing the second time), and PostgreSQL and PgBouncer hold byte-identical secrets, which PgBouncer needs to
     log in to PostgreSQL on a client's behalf without the plain password.
-  - The price of a salt that does not change: the same user and password give the same secret on every site that
+  - The price of a salt that does not change is that the same user and password give the same secret on every site that
     uses this filter (give each site's users their own passwords, as the vault does).
   - A value that already is a SCRAM secret is returned as it is.
 author:
