@@ -38,15 +38,6 @@ options:
     description: Seconds the member list may take over all endpoints, waits between retries included.
     type: float
     default: 30
-  username:
-    description:
-      - etcd user to log in as when etcd has auth enabled (a user without roles will do, etcd 3.6.12 and later).
-        The client logs in once and again only when etcd says the token is stale. While auth is disabled the
-        login answers "not enabled" and the module goes on without a token.
-    type: str
-  password:
-    description: Password of O(username).
-    type: str
   min_healthy:
     description:
       - Voting members that must be healthy (answering, without alarms). Defaults to quorum (a majority of
@@ -68,8 +59,6 @@ EXAMPLES = r"""
     ca_path: /etc/etcd/pki/ca.crt
     client_cert: /etc/etcd/pki/client.crt
     client_key: /etc/etcd/pki/client.key
-    username: monitor
-    password: "{{ vault_etcd_monitor_password }}"
   register: etcd
 
 - name: Every member is healthy before a rolling restart
@@ -195,7 +184,6 @@ gave_up:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.etcd import (
-    EtcdAuthFailed,
     EtcdClient,
     assess_quorum,
     hex_id,
@@ -219,8 +207,6 @@ def cluster_info(params, transport=None, clock=None):
         clock=clock,
         request_timeout=params["timeout"],
         deadline=params["deadline"],
-        username=params.get("username"),
-        password=params.get("password"),
     )
 
     def observe():
@@ -260,8 +246,6 @@ def work(params):
         result = cluster_info(params)
     except HttpClientError as err:
         return dict(changed=False, members=[], problems=[str(err)], **err.to_dict()), str(err)
-    except EtcdAuthFailed as err:
-        return dict(changed=False, members=[], problems=[str(err)]), str(err)
     if not result["problems"]:
         return result, None
     waited = waited_clause(result["gave_up"], result["waited"], result["checks"])
@@ -273,10 +257,8 @@ def main():
         endpoints=dict(type="list", elements="str", required=True),
         timeout=dict(type="float", default=5),
         deadline=dict(type="float", default=30),
-        username=dict(type="str"),
-        password=dict(type="str", no_log=True),
         min_healthy=dict(type="int"),
-    ), work, required_by={"client_key": "client_cert", "password": "username"})
+    ), work)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
 import signal
 import ssl
 import subprocess
@@ -279,8 +278,7 @@ class Lab:
 
 def etcd_client() -> dict:
     """How a client reaches etcd in the lab, from the etcd role (its defaults, the lab inventory's etcd_* settings
-    over them, and the TLS files its vars name): {'scheme', 'port', 'ca', 'cert', 'key', 'user'}; 'user' is
-    "root:<password>" when the lab runs etcd with RBAC (etcd_auth_enabled; move-leader needs root), else empty."""
+    over them, and the TLS files its vars name): {'scheme', 'port', 'ca', 'cert', 'key'}."""
     role = ROOT / "roles" / "etcd"
     settings = yaml.safe_load((role / "defaults" / "main.yml").read_text())
     for name in ("all.yml", "lab.yml"):
@@ -290,9 +288,7 @@ def etcd_client() -> dict:
     tls = {key: path.replace("{{ etcd_cert_dir }}", settings["etcd_cert_dir"]) for key, path in files.items()}
     if any("{{" in path for path in tls.values()):
         raise ValueError(f"roles/etcd/vars/main.yml _etcd_tls_files names more than etcd_cert_dir: {files}")
-    user = "root:%s" % settings["etcd_root_password"] if settings.get("etcd_auth_enabled") else ""
-    return {"scheme": "https" if settings["etcd_tls"] else "http", "port": int(settings["etcd_client_port"]), **tls,
-            "user": user}
+    return {"scheme": "https" if settings["etcd_tls"] else "http", "port": int(settings["etcd_client_port"]), **tls}
 
 
 def role_settings(role: str) -> dict:
@@ -319,8 +315,7 @@ def etcdctl_command(addresses: list[str], args: str) -> str:
     tls = ""
     if client["scheme"] == "https":
         tls = f"--cacert={client['ca']} --cert={client['cert']} --key={client['key']} "
-    user = f"ETCDCTL_USER={shlex.quote(client['user'])} " if client.get("user") else ""
-    return f"{user}ETCDCTL_API=3 etcdctl {tls}--command-timeout=5s --endpoints={endpoints} {args}"
+    return f"ETCDCTL_API=3 etcdctl {tls}--command-timeout=5s --endpoints={endpoints} {args}"
 
 
 def ca_context() -> ssl.SSLContext:

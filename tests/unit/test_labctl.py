@@ -15,22 +15,18 @@ sys.path.insert(0, str(ROOT / "tests" / "lab"))
 import labctl  # noqa: E402
 
 ETCD_DEFAULTS = yaml.safe_load((ROOT / "roles" / "etcd" / "defaults" / "main.yml").read_text())
-LAB = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
 
 
 def test_the_etcd_client_settings_are_the_etcd_roles():
     tls = render("etcd", "_etcd_tls_files", etcd_cert_dir=ETCD_DEFAULTS["etcd_cert_dir"])
-    user = "root:%s" % LAB["etcd_root_password"] if LAB.get("etcd_auth_enabled") else ""
     assert labctl.etcd_client() == {"scheme": "https" if ETCD_DEFAULTS["etcd_tls"] else "http",
-                                    "port": ETCD_DEFAULTS["etcd_client_port"], **tls, "user": user}
+                                    "port": ETCD_DEFAULTS["etcd_client_port"], **tls}
 
 
 def test_etcdctl_command_names_every_member_and_the_client_tls():
     client = labctl.etcd_client()
     command = labctl.etcdctl_command(["10.0.0.1", "10.0.0.2"], "endpoint status -w json")
-    prefix = "ETCDCTL_USER=%s " % client["user"] if client["user"] else ""
-    assert LAB.get("etcd_auth_enabled") is not True or prefix, "the lab's etcd has RBAC: etcdctl needs root"
-    assert command == prefix + (
+    assert command == (
         "ETCDCTL_API=3 etcdctl --cacert=%(ca)s --cert=%(cert)s --key=%(key)s --command-timeout=5s "
         "--endpoints=https://10.0.0.1:%(port)d,https://10.0.0.2:%(port)d endpoint status -w json" % client)
 
