@@ -18,6 +18,7 @@ lab that is already up instead of building a fresh one (developers; CI always bu
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -366,8 +367,7 @@ def test_what_must_be_refused_is_refused(lab):
     shutdown (the lifecycle API is off as well), an Alertmanager silence, an exporter's and the probe's metrics,
     HAProxy's stats page. The controller is in the lab's admin network, so the services answer it themselves; the
     storage node's S3 and monitoring requests are refused by the host firewall first (FIREWALLED), the rest by the
-    services. PostgreSQL, PgBouncer and the other tiers' ports have tests of their own above. Still open in issue
-    14: etcd accepts any certificate of the collection CA."""
+    services. PostgreSQL, PgBouncer, etcd and the other tiers' ports have tests of their own."""
     api, vip = lab.api_url, lab.vip
     mon = lab.hosts[lab.groups["monitoring"][0]]
     prometheus = f"https://{mon}:9090"
@@ -456,7 +456,7 @@ def test_seaweedfs_refuses_what_has_no_credential(lab):
     port, so the answers are SeaweedFS's own). A volume server refuses a write and a read without the master's
     token; the filer's HTTP API refuses a write and a listing without a token (HTTP 401 each). Every gRPC port
     (master 19333, volume 18080, filer 18888, S3 18333) refuses a client without a certificate and one with a
-    certificate of the collection CA whose name is not a storage host's (pg1's etcd certificate); the storage
+    certificate of the collection CA whose name is not a storage host's (pg1's Patroni certificate); the storage
     host's own certificate is let in, so the refusals are about the certificate. Still open: anyone the firewall
     admits to a master's HTTP port can ask it for tokens (/dir/assign) unless seaweedfs_guard_white_list is set."""
     storage = lab.groups["storage"]
@@ -475,8 +475,8 @@ def test_seaweedfs_refuses_what_has_no_credential(lab):
     hosts_store = ROOT / "inventories" / "pki" / "lab" / "hosts"
     identities = {
         "no certificate": ("", "", "refused"),
-        "pg1's etcd certificate": (str(hosts_store / "pg1" / "etcd.crt"), str(hosts_store / "pg1" / "etcd.key"),
-                                   "refused"),
+        "pg1's Patroni certificate": (str(hosts_store / "pg1" / "patroni.crt"),
+                                      str(hosts_store / "pg1" / "patroni.key"), "refused"),
         f"{storage[0]}'s certificate": (str(hosts_store / storage[0] / "seaweedfs.crt"),
                                         str(hosts_store / storage[0] / "seaweedfs.key"), "ok"),
     }
@@ -488,6 +488,56 @@ def test_seaweedfs_refuses_what_has_no_credential(lab):
             if not got.startswith(expected):
                 wrong.append(f"gRPC {host}:{port} with {name}: {got or 'no answer'}, expected {expected}")
     assert not wrong, "SeaweedFS let in what has no credential:\n" + "\n".join(wrong)
+
+
+# Run on the controller: one request to etcd's JSON gateway (POST PATH with BODY) over TLS, etcd's certificate
+# verified against CA and the address, presenting the client certificate CERT/KEY (none when empty); "ok <status>"
+# when etcd answers, else "refused" and why (under TLS 1.3 a refused client certificate shows on the first read).
+ETCD_REQUEST_SCRIPT = """
+import http.client, ssl, sys
+address, port, ca, cert, key, path, body = sys.argv[1], int(sys.argv[2]), *sys.argv[3:8]
+context = ssl.create_default_context(cafile=ca)
+if cert:
+    context.load_cert_chain(cert, key)
+try:
+    conn = http.client.HTTPSConnection(address, port, context=context, timeout=10)
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    print("ok", answer.status, answer.read()[:120].decode(errors="replace"))
+except (ssl.SSLError, OSError, http.client.HTTPException) as err:
+    print("refused:", type(err).__name__, err)
+"""
+
+
+def test_etcd_admits_only_its_members_and_patroni(lab):
+    """etcd trusts only its own CA (etcd_ca, issue 14: "etcd accepts only Patroni's and its members' identities"),
+    asked from the controller (the host firewall admits the admin network to etcd, so the answers are etcd's own): a
+    write with no certificate, with a certificate of the collection CA from a database host itself (pg1's Patroni
+    certificate, which its REST API and PostgreSQL use) and with a storage host's certificate is refused at the TLS
+    handshake, while Patroni's etcd client certificate reads Patroni's keys (so the refusals are about the CA)."""
+    pki = ROOT / "inventories" / "pki" / "lab"
+    member, storage = lab.groups["etcd"][0], lab.groups["storage"][0]
+    address, etcd_ca = lab.hosts[member], str(pki / "etcd" / "ca.crt")
+    put = json.dumps({"key": base64.b64encode(b"/security-test").decode(), "value": base64.b64encode(b"x").decode()})
+    read = json.dumps({"key": base64.b64encode(b"/service/").decode(),
+                       "range_end": base64.b64encode(b"/service0").decode(), "count_only": True})
+    checks = [
+        ("a write with no certificate", "", put, "refused"),
+        (f"a write with {member}'s Patroni certificate (collection CA)", str(pki / "hosts" / member / "patroni"), put,
+         "refused"),
+        (f"a write with {storage}'s SeaweedFS certificate", str(pki / "hosts" / storage / "seaweedfs"), put,
+         "refused"),
+        (f"a read with {member}'s Patroni etcd client certificate",
+         str(pki / "etcd" / "hosts" / member / "etcd-client"), read, "ok 200"),
+    ]
+    wrong = []
+    for what, stem, body, expected in checks:
+        cert, key = (f"{stem}.crt", f"{stem}.key") if stem else ("", "")
+        path = "/v3/kv/put" if body == put else "/v3/kv/range"
+        got = run_python(lab, "controller", ETCD_REQUEST_SCRIPT, address, "2379", etcd_ca, cert, key, path, body)
+        if not got.startswith(expected):
+            wrong.append(f"{what}: {got or 'no answer'}, expected {expected}")
+    assert not wrong, f"etcd at {address}:2379 let in or refused the wrong clients:\n" + "\n".join(wrong)
 
 
 # -- The tier scenarios' checks, on the lab ---------------------------------------------------------------------
