@@ -522,11 +522,11 @@ def test_etcd_admits_only_its_members_and_patroni(lab):
     read = json.dumps({"key": base64.b64encode(b"/service/").decode(),
                        "range_end": base64.b64encode(b"/service0").decode(), "count_only": True})
     checks = [
-        ("a write with no certificate", "", put, "refused"),
+        ("a write with no certificate", "", put, "refused: SSL"),
         (f"a write with {member}'s Patroni certificate (collection CA)", str(pki / "hosts" / member / "patroni"), put,
-         "refused"),
+         "refused: SSL"),
         (f"a write with {storage}'s SeaweedFS certificate", str(pki / "hosts" / storage / "seaweedfs"), put,
-         "refused"),
+         "refused: SSL"),
         (f"a read with {member}'s Patroni etcd client certificate",
          str(pki / "etcd" / "hosts" / member / "etcd-client"), read, "ok 200"),
     ]
