@@ -17,7 +17,8 @@ description:
     C(host_cert) entry point calls it from the action plugin mlops.mlflow_ha.pki_issue, instead of a task per file).
   - A file whose content differs is written to a temporary file in O(dir) and renamed into place, so a reader
     never sees half a key. Owner, group and mode are corrected where they differ.
-  - In check mode nothing is written; the result says what would change.
+  - In check mode nothing is written; the result says what would change. A user or group that does not exist yet
+    (the calling role creates it in a real run) is no error there: every file would change.
   - Contents are never returned (each C(content) is C(no_log)); RV(changed_files) names the files only.
 author:
   - mlflow-ha developers (@mlflow-ha)
@@ -86,15 +87,25 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def _ids(module, owner, group):
+    """The user's and group's ids. A missing one fails the task, except in check mode, where the role that would
+    create it in a real run (the service's user and group) has not run either: then every file would change."""
     try:
         uid = pwd.getpwnam(owner).pw_uid
     except KeyError:
+        if module.check_mode:
+            _all_would_change(module)
         module.fail_json(msg=f"pki_files: no user {owner} on this host (owner of the files in {module.params['dir']})")
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
+        if module.check_mode:
+            _all_would_change(module)
         module.fail_json(msg=f"pki_files: no group {group} on this host (group of the files in {module.params['dir']})")
     return uid, gid
+
+
+def _all_would_change(module):
+    module.exit_json(changed=True, changed_files=["."] + [entry["name"] for entry in module.params["files"]])
 
 
 def _mode(module, text):
