@@ -18,7 +18,7 @@ description:
   - A file whose content differs is written to a temporary file in O(dir) and renamed into place, so a reader
     never sees half a key. Owner, group and mode are corrected where they differ.
   - In check mode nothing is written; the result says what would change. A user or group that does not exist yet
-    (the calling role creates it in a real run) is no error there: every file would change.
+    (the calling role creates it in a real run) is no error there; every file would change.
   - Contents are never returned (each C(content) is C(no_log)); RV(changed_files) names the files only.
 author:
   - mlflow-ha developers (@mlflow-ha)
