@@ -41,6 +41,22 @@ class TestPatroniRestartOrder:
         assert render("patroni", "_patroni_program_restart_order", patroni_cluster=cluster,
                       _patroni_program_stale=["pg1"]) == []
 
+    def test_a_plan_that_restarts_the_leader_asks_for_a_second_look(self):
+        assert render("patroni", "_patroni_restart_includes_leader", patroni_cluster={"members": MEMBERS}) is True
+        replicas_only = [dict(m, pending_restart=m["role"] != "leader" and m["pending_restart"]) for m in MEMBERS]
+        assert render("patroni", "_patroni_restart_includes_leader",
+                      patroni_cluster={"members": replicas_only}) is False
+        assert render("patroni", "_patroni_restart_includes_leader", patroni_cluster={"skipped": True}) is False
+
+    def test_the_second_pass_reads_the_newer_view(self):
+        # After the leader's restart only the replicas are pending (a lowered max_connections), in the same order.
+        after = [dict(m, pending_restart=m["role"] in ("replica", "sync_standby")) for m in MEMBERS]
+        order = render("patroni", "_patroni_restart_order", patroni_cluster={"members": MEMBERS},
+                       _patroni_cluster_view={"members": after})
+        assert names(order) == ["pg1", "pg3", "pg4"]
+        assert render("patroni", "_patroni_restart_order", patroni_cluster={"members": MEMBERS},
+                      _patroni_cluster_view={"skipped": True}) == []
+
     def test_the_order_is_written_once(self):
         role = ROOT / "roles" / "patroni"
         texts = [p.read_text() for d in ("vars", "tasks", "handlers") for p in sorted((role / d).glob("*.yml"))]
