@@ -89,19 +89,16 @@ from ansible.module_utils.basic import AnsibleModule
 def _ids(module, owner, group):
     """The user's and group's ids. A missing one fails the task, except in check mode, where the role that would
     create it in a real run (the service's user and group) has not run either: then every file would change."""
-    try:
-        uid = pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        if module.check_mode:
-            _all_would_change(module)
-        module.fail_json(msg=f"pki_files: no user {owner} on this host (owner of the files in {module.params['dir']})")
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        if module.check_mode:
-            _all_would_change(module)
-        module.fail_json(msg=f"pki_files: no group {group} on this host (group of the files in {module.params['dir']})")
-    return uid, gid
+    ids = []
+    for kind, name, lookup in (("user", owner, lambda n: pwd.getpwnam(n).pw_uid),
+                               ("group", group, lambda n: grp.getgrnam(n).gr_gid)):
+        try:
+            ids.append(lookup(name))
+        except KeyError:
+            if module.check_mode:
+                _all_would_change(module)
+            module.fail_json(msg=f"pki_files: no {kind} {name} on this host (of the files in {module.params['dir']})")
+    return tuple(ids)
 
 
 def _all_would_change(module):

@@ -142,16 +142,6 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Issue the host certificate in the controller's CA store
-  mlops.mlflow_ha.pki_issue:
-    ca_dir: "{{ pki_ca_dir }}"
-    ca_passphrase: "{{ pki_ca_passphrase }}"
-    store_dir: "{{ pki_ca_dir }}/hosts/{{ inventory_hostname }}"
-    name: etcd
-    common_name: "{{ inventory_hostname }}"
-    subject_alt_names: ["DNS:{{ inventory_hostname }}", "IP:10.10.0.11", "IP:127.0.0.1"]
-  register: issued
-
 - name: Issue it and install it with the CA certificate on the host (sets the fact pki_host_cert_changed)
   mlops.mlflow_ha.pki_issue:
     ca_dir: "{{ pki_ca_dir }}"
@@ -162,6 +152,7 @@ EXAMPLES = r"""
     subject_alt_names: ["DNS:{{ inventory_hostname }}", "IP:10.10.0.11"]
     dest_dir: /etc/etcd/tls
     group: etcd
+  register: issued  # issued.cert_path, issued.key_path: the files in the controller's store
 """
 
 RETURN = r"""
