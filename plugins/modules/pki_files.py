@@ -159,23 +159,22 @@ def main():
     params = module.params
     directory = params["dir"]
     uid, gid = _ids(module, params["owner"], params["group"])
-    _root, dir_gid = _ids(module, "root", params["group"])
     dir_mode = _mode(module, params["dir_mode"])
     changed = []
     try:
         st = os.stat(directory)
         if not stat.S_ISDIR(st.st_mode):
             module.fail_json(msg=f"pki_files: {directory} exists and is not a directory")
-        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (0, dir_gid, dir_mode):
+        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (0, gid, dir_mode):
             changed.append(".")
             if not module.check_mode:
-                os.chown(directory, 0, dir_gid)
+                os.chown(directory, 0, gid)
                 os.chmod(directory, dir_mode)
     except FileNotFoundError:
         changed.append(".")
         if not module.check_mode:
             os.makedirs(directory, exist_ok=True)
-            os.chown(directory, 0, dir_gid)
+            os.chown(directory, 0, gid)
             os.chmod(directory, dir_mode)
     for entry in params["files"]:
         name = entry["name"]
