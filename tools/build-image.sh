@@ -10,6 +10,12 @@ SUITE=bookworm
 hash=$(recipe_hash "$0" "$ROOT/tools/lib.sh" "$ROOT/tools/image/packages.txt")
 image="$REPO:$hash"
 
+# One build at a time (`make test` builds it in the background; a `make molecule` or `make lab` started meanwhile
+# waits for that build instead of starting a second one).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.base-image.lock"
+flock 9
+
 if docker image inspect "$image" >/dev/null 2>&1; then
   docker tag "$image" "$REPO:lab"
   log "base image: $image is current (recipe unchanged), skipping build"
