@@ -181,6 +181,68 @@ def test_nobody_to_back_up_is_an_error_of_its_own():
     assert code == pr.EXIT_NOBODY and result["chosen"] is None
 
 
+def test_here_backs_up_on_this_member_although_another_would_be_chosen():
+    cluster = {"members": [LEADER, member("pg2", "sync_standby", "streaming", 0),
+                           member("pg3", "replica", "streaming", 0)]}
+    assert pr.choose_member(cluster, 16 << 20).member == "pg3"
+    fake = FakeCommands()
+    code, result = pr.Operations(settings("pg2"), fake).backup("full", cluster, run_id=RUN_ID, here=True)
+    assert code == pr.EXIT_OK and result["ran"] and result["chosen"] == "pg2" and result["standby"] is True
+    assert fake.commands() == ["check", "backup", "backup", "info"]
+    assert "asked to back up here" in result["reason"]
+
+
+def test_here_on_the_leader_backs_up_without_the_standby_option():
+    fake = FakeCommands()
+    code, result = pr.Operations(settings("pg1"), fake).backup("diff", HEALTHY, here=True)
+    assert code == pr.EXIT_OK and result["ran"] and result["standby"] is False
+    assert all("--no-backup-standby" in call for call in fake.calls[:3])
+
+
+@pytest.mark.parametrize(("cluster", "why"), [
+    ({"members": [LEADER, member("pg2", "replica", "streaming", 64 << 20)]},
+     "pg2 cannot back up: it is replica/streaming"),
+    ({"members": [LEADER, member("pg2", "replica", "stopped", None)]}, "with a lag of unknown"),
+    ({"members": [LEADER]}, "pg2 is not in the cluster view"),
+])
+def test_here_refuses_a_member_that_cannot_back_up(cluster, why):
+    fake = FakeCommands()
+    code, result = pr.Operations(settings("pg2"), fake).backup("full", cluster, here=True)
+    assert code == pr.EXIT_NOBODY and fake.calls == [] and result["ran"] is False
+    assert why in result["reason"]
+
+
+def test_here_with_standby_backups_off_only_the_leader_may():
+    choice = pr.choose_here(HEALTHY, "pg2", 16 << 20, backup_standby=False)
+    assert choice.member is None and "with standby backups on" in choice.reason
+    assert pr.choose_here(HEALTHY, "pg1", 16 << 20, backup_standby=False).member == "pg1"
+
+
+def test_here_fails_when_this_members_patroni_does_not_answer(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({**settings().__dict__, "state_dir": str(tmp_path)}))
+
+    def down(_settings, timeout=5.0):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(pr, "fetch_cluster", down)
+    assert pr.main(["--settings", str(path), "backup", "--type", "full", "--here"]) == pr.EXIT_NOBODY
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] is False
+
+
+def test_main_here_prints_the_labels_on_its_last_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({**settings("pg1").__dict__, "state_dir": str(tmp_path)}))
+    monkeypatch.setattr(pr, "run_command", FakeCommands())
+    monkeypatch.setattr(pr, "fetch_cluster", lambda s, timeout=5.0: HEALTHY)
+    assert pr.main(["--settings", str(path), "backup", "--type", "diff", "--here", "--run-id", RUN_ID,
+                    "--annotation", "reason=pre-migration"]) == pr.EXIT_OK
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["member"] == result["chosen"] == "pg1" and result["run_id"] == RUN_ID
+    assert [r["label"] for r in result["repos"]] == ["20261206-172542F_20261206-172635D",
+                                                     "20261206-172551F_20261206-172639D"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics
 

@@ -19,6 +19,11 @@ next repository tried even when one failed. Each run is annotated (mlflow-ha-run
 --annotation pairs), so a caller finds its backup's label in `pgbackrest info` (playbooks: a backup before a schema
 migration records which one). The result is printed as one JSON line and kept in STATE_DIR/last-<type>.json.
 
+`backup --here` skips the choice among the members: this member backs up now if it can (a streaming replica within
+MAX_LAG, from itself as a standby; or the running leader), else it says why not and exits 2. A caller that backs up
+once, on purpose (a playbook: `choose` on any member, then `backup --here` on the member it named), gets exactly one
+run instead of every member deciding on its own.
+
 `metrics` writes the page for the textfile collector: pgBackRest's view of every repository (`info --output=json`),
 the last run and check on this member, and PostgreSQL's archiver statistics (pg_stat_archiver, meaningful on the
 primary). Standard library only, and exposition.py, the collection's Prometheus text writer, beside this file.
@@ -91,6 +96,24 @@ def choose_member(cluster: Dict[str, Any], max_lag: int, backup_standby: bool = 
     return Choice(None, False, "no running leader and no streaming replica in the cluster view (members: %s)"
                   % (", ".join("%s %s/%s" % (m.get("name"), m.get("role"), m.get("state")) for m in members)
                      or "none"))
+
+
+def choose_here(cluster: Dict[str, Any], name: str, max_lag: int, backup_standby: bool = True) -> Choice:
+    """Whether member ``name`` can back up now, the caller having chosen it (pure: no I/O)."""
+    me = next((m for m in cluster.get("members") or [] if isinstance(m, dict) and m.get("name") == name), None)
+    if me is None:
+        return Choice(None, False, "%s is not in the cluster view" % name)
+    lag = _lag(me)
+    if (backup_standby and me.get("role") in REPLICA_ROLES and me.get("state") == "streaming" and lag is not None
+            and lag <= max_lag):
+        return Choice(name, True, "%s is a streaming %s with a lag of %d bytes (asked to back up here)"
+                      % (name, me.get("role"), lag))
+    if me.get("role") in LEADER_ROLES and me.get("state") == "running":
+        return Choice(name, False, "%s is the running leader (asked to back up here)" % name)
+    return Choice(None, False, "%s cannot back up: it is %s/%s with a lag of %s (a streaming replica within %d bytes%s "
+                  "or the running leader can)" % (name, me.get("role"), me.get("state"),
+                                                  "unknown" if lag is None else "%d bytes" % lag, max_lag,
+                                                  "" if backup_standby else ", with standby backups on,"))
 
 
 def newest_backups(info: Any, stanza: str) -> Dict[Tuple[int, str], Dict[str, Any]]:
@@ -273,9 +296,12 @@ class Operations:
         return self.run([self.settings.pgbackrest, "--stanza=" + self.settings.stanza, *args])
 
     def backup(self, kind: str, cluster: Dict[str, Any], annotations: Sequence[str] = (),
-               run_id: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
+               run_id: Optional[str] = None, here: bool = False) -> Tuple[int, Dict[str, Any]]:
         settings = self.settings
-        choice = choose_member(cluster, settings.max_lag, settings.backup_standby)
+        if here:
+            choice = choose_here(cluster, settings.member, settings.max_lag, settings.backup_standby)
+        else:
+            choice = choose_member(cluster, settings.max_lag, settings.backup_standby)
         result: Dict[str, Any] = {"type": kind, "member": settings.member, "chosen": choice.member,
                                   "standby": choice.standby, "reason": choice.reason, "ran": False,
                                   "time": int(self.clock())}
@@ -382,6 +408,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backup.add_argument("--type", choices=BACKUP_TYPES, required=True)
     backup.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE")
     backup.add_argument("--run-id", default=None, help="the annotation mlflow-ha-run (default: a new id)")
+    backup.add_argument("--here", action="store_true",
+                        help="back up on this member now if it can (the caller chose it), without the choice among "
+                             "the members")
     commands.add_parser("choose", help="print which member would back up now, and why")
     commands.add_parser("metrics", help="write the textfile collector's page")
     args = parser.parse_args(argv)
@@ -404,13 +433,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say("this member's Patroni did not answer %s/cluster (%s): it does not back up" % (settings.patroni_url, err))
         print(json.dumps({"member": settings.member, "chosen": None, "ran": False,
                           "reason": "local Patroni unreachable: %s" % err}), flush=True)
-        return EXIT_OK if args.command == "backup" else EXIT_NOBODY
+        # The timers' run on every member: another member backs up. A backup asked of this member: it did not.
+        return EXIT_OK if args.command == "backup" and not args.here else EXIT_NOBODY
     if args.command == "choose":
         choice = choose_member(cluster, settings.max_lag, settings.backup_standby)
         print(json.dumps({"member": settings.member, "chosen": choice.member, "standby": choice.standby,
                           "reason": choice.reason}), flush=True)
         return EXIT_OK if choice.member else EXIT_NOBODY
-    code, result = runner.backup(args.type, cluster, args.annotation, args.run_id)
+    code, result = runner.backup(args.type, cluster, args.annotation, args.run_id, here=args.here)
     result["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if result.get("ran"):
         try:
