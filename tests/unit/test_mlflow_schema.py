@@ -48,7 +48,7 @@ def test_the_uris_come_from_stdin_tracking_first():
     uris = schema.read_uris(TRACKING_URI + "\n\n" + AUTH_URI + "\n")
     assert [(s.name, s.version_table, uri) for s, uri in uris] == [
         ("tracking", "alembic_version", TRACKING_URI), ("auth", "alembic_version_auth", AUTH_URI)]
-    assert [s.name for s, _ in schema.read_uris(TRACKING_URI)] == ["tracking"]
+    assert [pair[0].name for pair in schema.read_uris(TRACKING_URI)] == ["tracking"]
 
 
 @pytest.mark.parametrize("text", ["", "\n", "a\nb\nc\n"])
@@ -100,7 +100,7 @@ def test_a_pending_migration_over_data_stops_for_a_backup():
 def test_a_fresh_install_is_migrated_at_once_without_a_backup():
     database = FakeDatabase(tracking=state("tracking", None, empty=True), auth=state("auth", None, empty=True))
     report = run("migrate-unless-backup", database)
-    assert [name for name, _ in database.migrated] == ["tracking", "auth"]
+    assert [pair[0] for pair in database.migrated] == ["tracking", "auth"]
     assert report["backup_first"] is False and report["touches_data"] is False
 
 

@@ -254,8 +254,8 @@ REPO_LS = json.loads((Path(__file__).parent / "golden" / "pgbackrest-2.45-repo-l
 def test_the_newest_wal_file_of_an_archive_listing():
     path, stamp = pr.newest_wal(REPO_LS)
     assert path.startswith("0000000100000000/000000010000000000000003-") and stamp == 1796580361
-    partial = {"0000000200000000/000000020000000000000005.partial-" + "a" * 40 + ".zst": {"type": "file",
-                                                                                       "time": 1796580400},
+    partial_name = "0000000200000000/000000020000000000000005.partial-" + "a" * 40 + ".zst"
+    partial = {partial_name: {"type": "file", "time": 1796580400},
                "00000002.history": {"type": "file", "time": 1796580500}}
     assert pr.newest_wal({**REPO_LS, **partial})[1] == 1796580400  # a timeline's history file is no WAL
     assert pr.newest_wal({}) == (None, None)
