@@ -29,6 +29,10 @@ ARGUMENT_SPEC = {
     "owner": {"type": "str", "default": "root"},
     "group": {"type": "str", "default": "root"},
     "ca_bundle": {"type": "list", "elements": "path"},
+    "extra_files": {"type": "list", "elements": "dict", "default": [], "options": {
+        "name": {"type": "str", "required": True},
+        "content": {"type": "str", "required": True, "no_log": True},
+        "mode": {"type": "str", "default": "0640"}}},
 }
 
 PASSPHRASE_MESSAGE = ("pki: pki_ca_passphrase is unset or shorter than {length} characters. Set it in a vault "
@@ -74,6 +78,8 @@ class ActionModule(ActionBase):
         files = [{"name": "ca.crt", "content": "".join(_read(path) for path in bundle), "mode": "0644"},
                  {"name": args["name"] + ".crt", "content": _read(issued["cert_path"]), "mode": "0644"},
                  {"name": args["name"] + ".key", "content": _read(issued["key_path"]), "mode": "0640"}]
+        files += [{"name": extra["name"], "content": extra["content"], "mode": extra["mode"]}
+                  for extra in args["extra_files"]]
         installed = self._execute_module(
             module_name="mlops.mlflow_ha.pki_files", task_vars=task_vars,
             module_args={"dir": args["dest_dir"], "owner": args["owner"], "group": args["group"], "files": files})

@@ -120,6 +120,28 @@ options:
         Omitted, C(ca.crt) of O(ca_dir) alone (byte for byte).
     type: list
     elements: path
+  extra_files:
+    description:
+      - Further files for O(dest_dir), installed in the same module run with the same owner and group (the pki
+        role's C(web_config) entry point sends the web configuration this way); they count for C(changed) and the
+        fact C(pki_host_cert_changed). Their contents are never logged or returned.
+      - Ignored without O(dest_dir).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: A file name in O(dest_dir).
+        type: str
+        required: true
+      content:
+        description: The file's content.
+        type: str
+        required: true
+      mode:
+        description: The file's mode.
+        type: str
+        default: "0640"
 extends_documentation_fragment:
   - action_common_attributes
   - action_common_attributes.flow

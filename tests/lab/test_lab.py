@@ -561,6 +561,26 @@ def test_the_storage_ha_scenario_checks_pass_on_the_lab(lab):
     assert run.returncode == 0, f"molecule/storage_ha/verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
 
 
+ROLES = ROOT / "roles"
+
+
+# The keepalived and prometheus roles' scenarios converge two load balancers with a VIP and one monitoring host: the
+# lab has both. Their verify playbooks read the VIP, the monitoring login and Alertmanager's group_wait from the
+# inventory. The VIP check stops HAProxy on the holder and starts it again (the VIP stays on the other load balancer,
+# nopreempt); the chaos test's faults find the holder wherever it is.
+
+def test_the_keepalived_scenario_checks_pass_on_the_lab(lab):
+    run = run_lab("play", "keepalived-verify", str(ROLES / "keepalived" / "molecule" / "default" / "verify.yml"))
+    assert run.returncode == 0, f"keepalived's verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
+    wait_until(lab.lb_whole, 120, "both load balancers healthy again, one holding the VIP")
+
+
+def test_the_prometheus_scenario_checks_pass_on_the_lab(lab):
+    run = run_lab("play", "prometheus-verify", str(ROLES / "prometheus" / "molecule" / "default" / "verify.yml"),
+                  "-e", f"prometheus_test_address={lab.hosts[lab.groups['monitoring'][0]]}")
+    assert run.returncode == 0, f"prometheus's verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
+
+
 # -- Faults ---------------------------------------------------------------------------------------------------
 
 def test_registrations_survive_the_loss_of_any_one_machine(lab):

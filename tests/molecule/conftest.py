@@ -37,6 +37,8 @@ EXPECTED_SECONDS = {
 IN_THE_LAB = {
     "molecule/postgres_ha": "tests/lab/test_lab.py::test_the_postgres_ha_scenario_checks_pass_on_the_lab",
     "molecule/storage_ha": "tests/lab/test_lab.py::test_the_storage_ha_scenario_checks_pass_on_the_lab",
+    "roles/keepalived/molecule/default": "tests/lab/test_lab.py::test_the_keepalived_scenario_checks_pass_on_the_lab",
+    "roles/prometheus/molecule/default": "tests/lab/test_lab.py::test_the_prometheus_scenario_checks_pass_on_the_lab",
 }
 
 
