@@ -47,9 +47,19 @@ options:
   policy_rc_d:
     description: Passed to C(ansible.builtin.apt) (V(101) installs without starting the package's services).
     type: int
+extends_documentation_fragment:
+  - action_common_attributes
+  - action_common_attributes.flow
 attributes:
+  action:
+    support: full
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
+    details: The dpkg query runs in check mode too; apt then runs in its own check mode.
   diff_mode:
     support: none
   platform:
