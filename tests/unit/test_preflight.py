@@ -54,3 +54,42 @@ def test_patroni_timing_rules():
         "patroni_restapi_password": "x", "patroni_ttl": 10})
     assert proc.returncode != 0
     assert "ttl 10 must be >= 20 (Patroni's minimum)" in " ".join(proc.stdout.split())
+
+
+PGBACKREST_REPO = {"name": "local", "s3_endpoint": "10.0.0.40", "s3_bucket": "pgbackrest", "s3_key": "k",
+                   "s3_key_secret": "secret-that-must-not-show", "cipher_pass": "cipher-that-must-not-show-0123"}
+
+
+def test_pgbackrest_needs_patroni_archiving():
+    proc = run("pgbackrest.yml", "pgbackrest_preflight", {"pgbackrest_repos": [PGBACKREST_REPO]})
+    assert proc.returncode != 0
+    assert "pgbackrest: Patroni does not archive WAL with pgBackRest: set patroni_pgbackrest" in " ".join(
+        proc.stdout.split())
+
+
+def test_pgbackrest_names_what_a_repository_lacks_without_showing_secrets():
+    lacking = {k: v for k, v in PGBACKREST_REPO.items() if k != "s3_key"}
+    proc = run("pgbackrest.yml", "pgbackrest_preflight", {
+        "patroni_pgbackrest": True,
+        "pgbackrest_repos": [lacking, {**PGBACKREST_REPO, "name": "offsite", "cipher_pass": "too-short"}]})
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert "repo1 (local): s3_key is not set" in out
+    assert "repo2 (offsite): cipher_pass is shorter than 20 characters" in out
+    for secret in ("secret-that-must-not-show", "cipher-that-must-not-show-0123", "too-short"):
+        assert secret not in proc.stdout, "a secret of the inventory was printed"
+
+
+def test_pgbackrest_without_repositories_is_refused():
+    proc = run("pgbackrest.yml", "pgbackrest_preflight", {"patroni_pgbackrest": True})
+    assert proc.returncode != 0
+    assert "pgbackrest_repos is empty" in " ".join(proc.stdout.split())
+
+
+def test_patroni_checks_the_pgbackrest_settings_when_they_are_on():
+    proc = run("patroni.yml", "patroni_preflight", {
+        "patroni_superuser_password": "x", "patroni_replication_password": "x", "patroni_rewind_password": "x",
+        "patroni_restapi_password": "x", "patroni_pgbackrest": True, "patroni_pgbackrest_archive_timeout": 5})
+    assert proc.returncode != 0
+    assert "patroni_pgbackrest_archive_timeout (5) must be 0 (off) or at least 30 seconds" in " ".join(
+        proc.stdout.split())
