@@ -244,6 +244,94 @@ def test_main_here_prints_the_labels_on_its_last_line(tmp_path, monkeypatch, cap
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# How far a restore can go (the restore playbook's range check)
+
+# `pgbackrest --output=json --recurse repo-ls archive/<stanza>/15-1` of pgBackRest 2.45 (a posix repository on this
+# machine): three segments pushed at 1796580353, ..360 and ..361, and the backup's .backup file.
+REPO_LS = json.loads((Path(__file__).parent / "golden" / "pgbackrest-2.45-repo-ls.json").read_text())
+
+
+def test_the_newest_wal_file_of_an_archive_listing():
+    path, stamp = pr.newest_wal(REPO_LS)
+    assert path.startswith("0000000100000000/000000010000000000000003-") and stamp == 1796580361
+    partial_name = "0000000200000000/000000020000000000000005.partial-" + "a" * 40 + ".zst"
+    partial = {partial_name: {"type": "file", "time": 1796580400},
+               "00000002.history": {"type": "file", "time": 1796580500}}
+    assert pr.newest_wal({**REPO_LS, **partial})[1] == 1796580400  # a timeline's history file is no WAL
+    assert pr.newest_wal({}) == (None, None)
+
+
+def test_the_oldest_backup_and_the_archive_ids_per_repository():
+    assert pr.oldest_backup_stop(INFO, "mlflow-ha", 1) == 1796577950
+    assert pr.oldest_backup_stop(INFO, "mlflow-ha", 2) == 1796577959
+    assert pr.oldest_backup_stop(INFO, "mlflow-ha", 3) is None
+    assert pr.archive_ids(INFO, "mlflow-ha", 2) == ["15-1"]
+
+
+@pytest.mark.parametrize(("target", "ok", "words"), [
+    (None, True, "the latest state in repository local (backups from 2026-12-06 17:25:50+00)"),
+    (1796578000, True, "is within 2026-12-06 17:25:50+00 .. 2026-12-06 18:05:01+00"),
+    (1796577949, False, "2026-12-06 17:25:49+00 is before the oldest backup in repository local, which stopped at "
+                        "2026-12-06 17:25:50+00"),
+    (1796580302, False, "is after the newest WAL in repository local (pushed at 2026-12-06 18:06:01+00, less a margin "
+                        "of 60 s): restorable times are 2026-12-06 17:25:50+00 .. 2026-12-06 18:05:01+00"),
+])
+def test_a_target_is_checked_against_the_oldest_backup_and_the_newest_wal(target, ok, words):
+    got_ok, reason = pr.check_target(1796577950, 1796580361, target, 60, "local")
+    assert got_ok is ok and words in reason
+
+
+def test_no_backup_or_no_wal_leaves_nothing_to_restore():
+    assert pr.check_target(None, 1796580361, None, 60, "offsite") == (
+        False, "repository offsite holds no good backup: nothing to restore from")
+    assert not pr.check_target(1796577950, None, 1796578000, 60, "offsite")[0]
+    ok, reason = pr.check_target(1796580360, 1796580361, 1796580360, 60, "offsite")
+    assert not ok and "no point in time can be restored from repository offsite yet" in reason
+
+
+@pytest.mark.parametrize(("text", "stamp"), [
+    ("2026-12-06 17:55:00+00", 1796579700.0), ("2026-12-06T17:55:00Z", 1796579700.0),
+    ("2026-12-06 18:55:00+01:00", 1796579700.0), ("2026-12-06 17:55:00.5+00", 1796579700.5)])
+def test_restore_targets_carry_their_zone(text, stamp):
+    assert pr.parse_time(text) == stamp
+
+
+def test_a_target_without_a_zone_is_refused():
+    with pytest.raises(ValueError, match="has no time zone"):
+        pr.parse_time("2026-12-06 17:55:00")
+
+
+class FakeRange(FakeCommands):
+    def __call__(self, argv):
+        if "repo-ls" in argv:
+            self.calls.append(list(argv))
+            return subprocess.CompletedProcess(argv, 0, json.dumps(REPO_LS), "")
+        return super().__call__(argv)
+
+
+def test_range_asks_info_and_lists_each_archive_of_the_repository():
+    fake = FakeRange()
+    code, result = pr.Operations(settings(), fake).restore_range({"index": 2, "name": "offsite"}, 1796578000.0)
+    assert code == pr.EXIT_OK and result["ok"]
+    assert result["oldest_backup_stop"] == 1796577959 and result["newest_wal_time"] == 1796580361
+    assert result["latest_target"] == 1796580301 and result["newest_wal"].startswith("15-1/0000000100000000/")
+    assert ["--repo=2", "repo-ls", "archive/mlflow-ha/15-1"] == fake.calls[1][-3:]
+    code, result = pr.Operations(settings(), FakeRange()).restore_range({"index": 2, "name": "offsite"}, 1.0)
+    assert code == pr.EXIT_OUTSIDE and "before the oldest backup in repository offsite" in result["reason"]
+
+
+def test_range_from_the_command_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({**settings().__dict__, "state_dir": str(tmp_path)}))
+    monkeypatch.setattr(pr, "run_command", FakeRange())
+    assert pr.main(["--settings", str(path), "range", "--target", "2030-01-01 00:00:00+00"]) == pr.EXIT_OUTSIDE
+    assert "after the newest WAL in repository local" in json.loads(capsys.readouterr().out)["reason"]
+    assert pr.main(["--settings", str(path), "range", "--target", "yesterday"]) == pr.EXIT_OUTSIDE
+    assert json.loads(capsys.readouterr().out)["reason"].startswith("restore target ")
+    assert pr.main(["--settings", str(path), "range"]) == pr.EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Metrics
 
 

@@ -24,6 +24,13 @@ MAX_LAG, from itself as a standby; or the running leader), else it says why not 
 once, on purpose (a playbook: `choose` on any member, then `backup --here` on the member it named), gets exactly one
 run instead of every member deciding on its own.
 
+`range` says how far back and forward a point-in-time restore from a repository can go (for the restore playbook):
+from the oldest good backup's stop time (pgBackRest restores to a time only from a backup that stopped before it)
+to the push time of the newest WAL file in the repository's archive (`repo-ls`), less a margin: a target after the
+last commit in the archive makes PostgreSQL stop with "recovery ended before configured recovery target was
+reached", and the newest file's push time is an upper bound of that commit. With --target it checks a time and exits
+3 when the time is outside, with the sentence to refuse with.
+
 `metrics` writes the page for the textfile collector: pgBackRest's view of every repository (`info --output=json`),
 the last run and check on this member, and PostgreSQL's archiver statistics (pg_stat_archiver, meaningful on the
 primary). Standard library only, and exposition.py, the collection's Prometheus text writer, beside this file.
@@ -39,6 +46,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -59,6 +67,9 @@ RUN_ANNOTATION = "mlflow-ha-run"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NOBODY = 2
+EXIT_OUTSIDE = 3
+# A WAL segment (or a timeline's partial one) in an archive listing: 24 hex digits, then pgBackRest's checksum suffix.
+WAL_FILE = re.compile(r"(^|/)[0-9A-F]{24}(\.partial)?-[0-9a-f]{40}(\.[a-z0-9]+)?$")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -143,6 +154,74 @@ def backup_label(info: Any, stanza: str, repo: int, run_id: str) -> Optional[str
                     and (backup.get("annotation") or {}).get(RUN_ANNOTATION) == run_id):
                 return backup.get("label")
     return None
+
+
+def archive_ids(info: Any, stanza: str, repo: int) -> List[str]:
+    """The archive ids ("15-1": PostgreSQL version and database id) the repository holds WAL under."""
+    found: List[str] = []
+    for entry in info if isinstance(info, list) else []:
+        if entry.get("name") != stanza:
+            continue
+        for archive in entry.get("archive") or []:
+            if (archive.get("database") or {}).get("repo-key") == repo and archive.get("id"):
+                found.append(str(archive["id"]))
+    return found
+
+
+def oldest_backup_stop(info: Any, stanza: str, repo: int) -> Optional[int]:
+    stops = [(b.get("timestamp") or {}).get("stop") for entry in (info if isinstance(info, list) else [])
+             if entry.get("name") == stanza for b in entry.get("backup") or []
+             if (b.get("database") or {}).get("repo-key") == repo and not b.get("error")]
+    stops = [s for s in stops if isinstance(s, int)]
+    return min(stops) if stops else None
+
+
+def newest_wal(listing: Any) -> Tuple[Optional[str], Optional[int]]:
+    """The newest WAL file of a `repo-ls --output=json --recurse` listing of an archive, and its push time."""
+    best: Tuple[Optional[str], Optional[int]] = (None, None)
+    for path, entry in (listing.items() if isinstance(listing, dict) else []):
+        stamp = entry.get("time") if isinstance(entry, dict) else None
+        if entry.get("type") == "file" and isinstance(stamp, int) and WAL_FILE.search(path) and (
+                best[1] is None or stamp > best[1]):
+            best = (path, stamp)
+    return best
+
+
+def check_target(oldest: Optional[int], newest: Optional[int], target: Optional[float], margin: int,  # noqa: PLR0911
+                 repo: str) -> Tuple[bool, str]:
+    """Whether a restore to ``target`` (None: the latest state) can work, and the sentence that says why not."""
+    def when(stamp: float) -> str:
+        return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+    if oldest is None:
+        return False, "repository %s holds no good backup: nothing to restore from" % repo
+    if target is None:
+        return True, "the latest state in repository %s (backups from %s)" % (repo, when(oldest))
+    if newest is None:
+        return False, "repository %s holds no WAL: a point in time cannot be restored" % repo
+    if newest - margin < oldest:
+        return False, ("no point in time can be restored from repository %s yet: its newest WAL (pushed at %s, less "
+                       "a margin of %d s) is not after its oldest backup (stopped at %s); restore the latest state "
+                       "without a target" % (repo, when(newest), margin, when(oldest)))
+    if target < oldest:
+        return False, ("%s is before the oldest backup in repository %s, which stopped at %s: restorable times "
+                       "are %s .. %s" % (when(target), repo, when(oldest), when(oldest), when(newest - margin)))
+    if target > newest - margin:
+        return False, ("%s is after the newest WAL in repository %s (pushed at %s, less a margin of %d s): "
+                       "restorable times are %s .. %s; for the newest state restore without a target"
+                       % (when(target), repo, when(newest), margin, when(oldest), when(newest - margin)))
+    return True, "%s is within %s .. %s in repository %s" % (when(target), when(oldest), when(newest - margin), repo)
+
+
+def parse_time(text: str) -> float:
+    """A restore target with its time zone ("2026-12-06 17:55:00+00", ISO 8601), as seconds since the epoch."""
+    value = text.strip()
+    if re.search(r"[+-]\d\d$", value):
+        value += ":00"
+    stamp = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        raise ValueError("%r has no time zone (write e.g. '2026-12-06 17:55:00+00')" % text)
+    return stamp.timestamp()
 
 
 def info_metrics(page: Exposition, info: Any, stanza: str, repos: Sequence[Dict[str, Any]]) -> None:
@@ -350,6 +429,38 @@ class Operations:
         result["ok"] = ok
         return (EXIT_OK if ok else EXIT_FAILED), result
 
+    def restore_range(self, repo: Dict[str, Any], target: Optional[float] = None,
+                      margin: int = 60) -> Tuple[int, Dict[str, Any]]:
+        """How far a restore from ``repo`` can go, and whether ``target`` is within (the restore playbook)."""
+        settings = self.settings
+        index, name = int(repo["index"]), str(repo.get("name") or repo["index"])
+        result: Dict[str, Any] = {"repo": name, "index": index, "target": target, "margin": margin}
+        info = self.pgbackrest("--output=json", "--repo=%d" % index, "info")
+        try:
+            parsed = json.loads(info.stdout) if info.returncode == 0 else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            result.update({"ok": False, "reason": "pgbackrest info failed on repository %s: %s"
+                           % (name, last_line(info))})
+            return EXIT_FAILED, result
+        oldest = oldest_backup_stop(parsed, settings.stanza, index)
+        newest: Tuple[Optional[str], Optional[int]] = (None, None)
+        for archive_id in archive_ids(parsed, settings.stanza, index):
+            listing = self.pgbackrest("--output=json", "--recurse", "--repo=%d" % index, "repo-ls",
+                                      "archive/%s/%s" % (settings.stanza, archive_id))
+            try:
+                found = newest_wal(json.loads(listing.stdout)) if listing.returncode == 0 else (None, None)
+            except ValueError:
+                found = (None, None)
+            if found[1] is not None and (newest[1] is None or found[1] > newest[1]):
+                newest = ("%s/%s" % (archive_id, found[0]), found[1])
+        ok, reason = check_target(oldest, newest[1], target, margin, name)
+        result.update({"ok": ok, "reason": reason, "oldest_backup_stop": oldest, "newest_wal": newest[0],
+                       "newest_wal_time": newest[1],
+                       "latest_target": None if newest[1] is None else newest[1] - margin})
+        return (EXIT_OK if ok else EXIT_OUTSIDE), result
+
     def metrics(self, runs: Dict[str, Dict[str, Any]]) -> Tuple[Exposition, List[str]]:
         settings = self.settings
         page = Exposition(whole=True)
@@ -412,10 +523,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="back up on this member now if it can (the caller chose it), without the choice among "
                              "the members")
     commands.add_parser("choose", help="print which member would back up now, and why")
+    span = commands.add_parser("range", help="the times a restore from a repository can reach (exit 3: outside)")
+    span.add_argument("--repo", type=int, default=1, help="the repository's index (default 1)")
+    span.add_argument("--target", default=None, help="a time to check, with its zone ('2026-12-06 17:55:00+00')")
+    span.add_argument("--margin", type=int, default=60,
+                      help="seconds before the newest WAL's push time a target must be (default 60)")
     commands.add_parser("metrics", help="write the textfile collector's page")
     args = parser.parse_args(argv)
     settings = Settings.load(args.settings)
     runner = Operations(settings, run_command)
+
+    if args.command == "range":
+        repo = next((r for r in settings.repos if int(r["index"]) == args.repo), {"index": args.repo})
+        try:
+            target = parse_time(args.target) if args.target else None
+        except ValueError as err:
+            print(json.dumps({"ok": False, "reason": "restore target %s" % err}), flush=True)
+            return EXIT_OUTSIDE
+        code, result = runner.restore_range(repo, target, args.margin)
+        print(json.dumps(result), flush=True)
+        return code
 
     if args.command == "metrics":
         page, problems = runner.metrics(read_runs(settings.state_dir))
