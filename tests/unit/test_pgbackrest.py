@@ -669,7 +669,8 @@ def test_with_pgbackrest_on_the_dcs_archives_and_no_member_reads_the_archive():
     parameters = patroni_templar(**on).template(trust_as_template("{{ _patroni_dynamic_config }}"))["postgresql"][
         "parameters"]
     assert parameters["archive_mode"] == "on"
-    assert parameters["archive_command"] == "/usr/bin/pgbackrest --stanza=mlflow-ha archive-push %p"
+    assert parameters["archive_command"] == ("/usr/bin/python3 /usr/local/lib/mlflow-ha/pgbackrest/pgbackrest_runner.py"
+                                             " --stanza=mlflow-ha archive-push %p")
     assert parameters["archive_timeout"] == 300
     config = yaml.safe_load(patroni_config(**on))
     pg = config["postgresql"]
@@ -685,3 +686,85 @@ def test_the_inventorys_parameters_still_win():
     parameters = patroni_templar(**on).template(trust_as_template("{{ _patroni_dynamic_config }}"))["postgresql"][
         "parameters"]
     assert parameters["archive_timeout"] == 60
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# archive_command's guard: a former leader's segment past a later timeline's switch point stays out of the archive
+
+# 00000003.history as PostgreSQL writes it: timeline 3 left timeline 2 at 0/C097010 (the lab's case).
+HISTORY_3 = "1\t0/3000000\tno recovery target specified\n\n2\t0/C097010\tno recovery target specified\n"
+
+
+class FakeArchive:
+    """archive-get of history files from a dict, archive-push recorded."""
+
+    def __init__(self, histories, get_error=None):
+        self.histories = histories
+        self.get_error = get_error
+        self.pushed = []
+
+    def __call__(self, argv):
+        if "archive-get" in argv:
+            name, dest = argv[-2], argv[-1]
+            if self.get_error:
+                return subprocess.CompletedProcess(argv, 45, "", self.get_error)
+            if name not in self.histories:
+                return subprocess.CompletedProcess(argv, 1, "", "unable to find %s in the archive" % name)
+            Path(dest).write_text(self.histories[name])
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        if "archive-push" in argv:
+            self.pushed.append(argv[-1])
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        raise AssertionError(argv)
+
+
+def test_segment_names_map_to_their_timeline_and_lsn_range():
+    assert pr.segment_span("00000002000000000000000C") == (2, 0x0C000000, 0x0D000000)
+    assert pr.segment_span("0000000300000001000000FF") == (3, (1 << 32) | 0xFF000000, 2 << 32)
+    for other in ("00000003.history", "00000002000000000000000C.partial", "000000010000000000000002.00000028.backup"):
+        assert pr.segment_span(other) is None
+
+
+def test_the_segment_holding_the_switch_point_or_after_it_is_refused():
+    histories = {3: HISTORY_3}
+    assert "timeline 3 left timeline 2 at 0/C097010" in pr.past_switch_point("00000002000000000000000C", histories)
+    assert pr.past_switch_point("00000002000000000000000D", histories)
+    # before the switch point, on the shared history: archived as always
+    assert pr.past_switch_point("00000002000000000000000B", histories) is None
+    # the new timeline's own segments, and a timeline the history does not name
+    assert pr.past_switch_point("00000003000000000000000C", histories) is None
+    assert pr.past_switch_point("00000001000000000000000C", {3: "2\t0/C097010\tx\n"}) is None
+    # a switch exactly at the segment's end leaves the whole segment on the shared history
+    assert pr.past_switch_point("00000002000000000000000B", {3: "2\t0/C000000\tx\n"}) is None
+
+
+def test_archive_push_refuses_a_former_leaders_segment_and_pushes_the_rest():
+    archive = FakeArchive({"00000003.history": HISTORY_3})
+    ops = pr.Operations(settings("pg1"), archive)
+    code, message = ops.archive_push("pg_wal/00000002000000000000000C")
+    assert code == pr.EXIT_FAILED and message.startswith("refused: ") and archive.pushed == []
+    for fine in ("pg_wal/00000002000000000000000B", "pg_wal/00000003000000000000000C", "pg_wal/00000003.history",
+                 "pg_wal/00000002000000000000000C.partial"):
+        assert ops.archive_push(fine) == (0, "")
+    assert archive.pushed == ["pg_wal/00000002000000000000000B", "pg_wal/00000003000000000000000C",
+                              "pg_wal/00000003.history", "pg_wal/00000002000000000000000C.partial"]
+
+
+def test_archive_push_reads_every_later_timeline_and_stops_at_the_first_missing_one():
+    archive = FakeArchive({"00000002.history": "1\t0/3000000\tx\n", "00000003.history": HISTORY_3})
+    calls = []
+    ops = pr.Operations(settings("pg1"), lambda argv: calls.append(argv) or archive(argv))
+    code, _ = ops.archive_push("pg_wal/000000010000000000000002")
+    assert code == 0
+    asked = [call[-2] for call in calls if "archive-get" in call]
+    assert asked == ["00000002.history", "00000003.history", "00000004.history"]
+    assert all("--no-archive-async" in call for call in calls if "archive-get" in call)
+    code, message = ops.archive_push("pg_wal/000000010000000000000003")
+    assert code == pr.EXIT_FAILED and "timeline 2 left timeline 1 at 0/3000000" in message
+
+
+def test_archive_push_pushes_nothing_when_the_timelines_cannot_be_read():
+    archive = FakeArchive({}, get_error="ERROR: [039]: HTTP request failed")
+    code, message = pr.Operations(settings("pg1"), archive).archive_push("pg_wal/00000002000000000000000C")
+    assert code == pr.EXIT_FAILED and "could not be read" in message and "HTTP request failed" in message
+    assert archive.pushed == []

@@ -31,6 +31,15 @@ last commit in the archive makes PostgreSQL stop with "recovery ended before con
 reached", and the newest file's push time is an upper bound of that commit. With --target it checks a time and exits
 3 when the time is outside, with the sentence to refuse with.
 
+`archive-push PATH` is Patroni's archive_command: pgBackRest's archive-push, behind a guard. A full WAL segment of
+timeline N is refused (exit 1, PostgreSQL retries and the archiving alert fires) when the archive holds the history
+file of a later timeline that left N before the segment's end: that segment then holds a former leader's records
+after the switch point, which the new timeline never had. Patroni archives such segments on purpose before
+pg_rewind (patroni/patroni#2384); a recovery towards the latest timeline takes the old timeline's full file when the
+new timeline's copy of that segment is not archived yet, and replays records nobody acknowledged on the new
+timeline (found in the lab, docs/postgres-ha.md). The later timelines' history files are fetched with
+`archive-get`, N+1 upwards until one is missing. History files, partial segments and backup labels pass unchecked.
+
 `metrics` writes the page for the textfile collector: pgBackRest's view of every repository (`info --output=json`),
 the last run and check on this member, and PostgreSQL's archiver statistics (pg_stat_archiver, meaningful on the
 primary). Standard library only, and exposition.py, the collection's Prometheus text writer, beside this file.
@@ -50,6 +59,7 @@ import re
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -68,6 +78,12 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NOBODY = 2
 EXIT_OUTSIDE = 3
+# A full WAL segment's file name: timeline, log and segment numbers (8 hex digits each); the size is PostgreSQL's
+# default (16 MiB), which the patroni role does not change.
+SEGMENT_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+WAL_SEGMENT_SIZE = 16 * 1024 * 1024
+# archive-get's exit code when the file is in no repository.
+ARCHIVE_GET_MISSING = 1
 # A WAL segment (or a timeline's partial one) in an archive listing: 24 hex digits, then pgBackRest's checksum suffix.
 WAL_FILE = re.compile(r"(^|/)[0-9A-F]{24}(\.partial)?-[0-9a-f]{40}(\.[a-z0-9]+)?$")
 
@@ -211,6 +227,52 @@ def check_target(oldest: Optional[int], newest: Optional[int], target: Optional[
                        "restorable times are %s .. %s; for the newest state restore without a target"
                        % (when(target), repo, when(newest), margin, when(oldest), when(newest - margin)))
     return True, "%s is within %s .. %s in repository %s" % (when(target), when(oldest), when(newest - margin), repo)
+
+
+def segment_span(name: str, size: int = WAL_SEGMENT_SIZE) -> Optional[Tuple[int, int, int]]:
+    """(timeline, first LSN, LSN after the end) of a full segment's file name; None for any other file (pure)."""
+    match = SEGMENT_NAME.match(name)
+    if not match:
+        return None
+    timeline, log, segment = (int(group, 16) for group in match.groups())
+    start = (log * (0x100000000 // size) + segment) * size
+    return timeline, start, start + size
+
+
+def parse_lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return "%X/%X" % (lsn >> 32, lsn & 0xFFFFFFFF)
+
+
+def switch_points(history: str) -> Dict[int, int]:
+    """A timeline history file's lines (parent timeline, switch LSN, reason) as {parent timeline: switch LSN}."""
+    points: Dict[int, int] = {}
+    for line in history.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#"):
+            points[int(fields[0])] = parse_lsn(fields[1])
+    return points
+
+
+def past_switch_point(name: str, histories: Dict[int, str]) -> Optional[str]:
+    """Why the segment ``name`` must not be archived, or None: a later timeline (its history file's text in
+    ``histories``, by timeline) left the segment's timeline before the segment's end (pure)."""
+    span = segment_span(name)
+    if span is None:
+        return None
+    timeline, start, end = span
+    for later in sorted(histories):
+        point = switch_points(histories[later]).get(timeline) if later > timeline else None
+        if point is not None and point < end:
+            return ("%s is a full segment of timeline %d (%s to %s), but timeline %d left timeline %d at %s: its "
+                    "records after that point are a former leader's, which timeline %d never had"
+                    % (name, timeline, format_lsn(start), format_lsn(end), later, timeline, format_lsn(point),
+                       later))
+    return None
 
 
 def parse_time(text: str) -> float:
@@ -429,6 +491,40 @@ class Operations:
         result["ok"] = ok
         return (EXIT_OK if ok else EXIT_FAILED), result
 
+    def history(self, timeline: int) -> Tuple[Optional[str], Optional[str]]:
+        """(text of the timeline's history file, None), (None, None) when no repository has it, or (None, error)."""
+        with tempfile.TemporaryDirectory(prefix="mlflow-ha-history-") as scratch:
+            dest = os.path.join(scratch, "history")
+            got = self.pgbackrest("--no-archive-async", "--log-level-console=warn", "archive-get",
+                                  "%08X.history" % timeline, dest)
+            if got.returncode == ARCHIVE_GET_MISSING:
+                return None, None
+            if got.returncode != 0:
+                return None, "archive-get %08X.history failed (exit %d): %s" % (timeline, got.returncode,
+                                                                                 last_line(got))
+            with open(dest) as handle:
+                return handle.read(), None
+
+    def archive_push(self, path: str) -> Tuple[int, str]:
+        """archive-push ``path`` unless it is a full segment past a later timeline's switch point."""
+        span = segment_span(os.path.basename(path))
+        if span is not None:
+            histories: Dict[int, str] = {}
+            later = span[0] + 1
+            while True:
+                text, error = self.history(later)
+                if error:
+                    return EXIT_FAILED, "not archived, the timelines could not be read: " + error
+                if text is None:
+                    break
+                histories[later] = text
+                later += 1
+            reason = past_switch_point(os.path.basename(path), histories)
+            if reason:
+                return EXIT_FAILED, "refused: " + reason
+        pushed = self.pgbackrest("archive-push", path)
+        return pushed.returncode, "" if pushed.returncode == 0 else last_line(pushed)
+
     def restore_range(self, repo: Dict[str, Any], target: Optional[float] = None,
                       margin: int = 60) -> Tuple[int, Dict[str, Any]]:
         """How far a restore from ``repo`` can go, and whether ``target`` is within (the restore playbook)."""
@@ -511,9 +607,41 @@ def read_runs(state_dir: str) -> Dict[str, Dict[str, Any]]:
     return runs
 
 
+def archive_push_command(runner: Operations, path: str) -> int:
+    code, message = runner.archive_push(path)
+    if message:
+        # PostgreSQL's log keeps it (the archiver's stderr), beside "archive command failed with exit code".
+        print("pgbackrest_runner: " + message, file=sys.stderr, flush=True)
+    return code
+
+
+def range_command(runner: Operations, settings: Settings, args: argparse.Namespace) -> int:
+    repo = next((r for r in settings.repos if int(r["index"]) == args.repo), {"index": args.repo})
+    try:
+        target = parse_time(args.target) if args.target else None
+    except ValueError as err:
+        print(json.dumps({"ok": False, "reason": "restore target %s" % err}), flush=True)
+        return EXIT_OUTSIDE
+    code, result = runner.restore_range(repo, target, args.margin)
+    print(json.dumps(result), flush=True)
+    return code
+
+
+def metrics_command(runner: Operations, settings: Settings) -> int:
+    page, problems = runner.metrics(read_runs(settings.state_dir))
+    for problem in problems:
+        say(problem)
+    if settings.textfile:
+        write_atomically(settings.textfile, page.render())
+    else:
+        sys.stdout.write(page.render())
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="pgBackRest backups from the right Patroni member, and metrics.")
     parser.add_argument("--settings", default="/etc/pgbackrest/mlflow-ha-runner.json")
+    parser.add_argument("--stanza", default=None, help="the stanza instead of the settings' (archive_command names it)")
     commands = parser.add_subparsers(dest="command", required=True)
     backup = commands.add_parser("backup", help="back up if this member is the chosen one")
     backup.add_argument("--type", choices=BACKUP_TYPES, required=True)
@@ -529,30 +657,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     span.add_argument("--margin", type=int, default=60,
                       help="seconds before the newest WAL's push time a target must be (default 60)")
     commands.add_parser("metrics", help="write the textfile collector's page")
+    push = commands.add_parser("archive-push", help="archive_command: archive-push unless past a later timeline's "
+                                                    "switch point")
+    push.add_argument("path", help="the WAL file (%%p)")
     args = parser.parse_args(argv)
     settings = Settings.load(args.settings)
+    if args.stanza:
+        settings.stanza = args.stanza
     runner = Operations(settings, run_command)
 
-    if args.command == "range":
-        repo = next((r for r in settings.repos if int(r["index"]) == args.repo), {"index": args.repo})
-        try:
-            target = parse_time(args.target) if args.target else None
-        except ValueError as err:
-            print(json.dumps({"ok": False, "reason": "restore target %s" % err}), flush=True)
-            return EXIT_OUTSIDE
-        code, result = runner.restore_range(repo, target, args.margin)
-        print(json.dumps(result), flush=True)
-        return code
-
-    if args.command == "metrics":
-        page, problems = runner.metrics(read_runs(settings.state_dir))
-        for problem in problems:
-            say(problem)
-        if settings.textfile:
-            write_atomically(settings.textfile, page.render())
-        else:
-            sys.stdout.write(page.render())
-        return EXIT_OK
+    commands_without_patroni = {
+        "archive-push": lambda: archive_push_command(runner, args.path),
+        "range": lambda: range_command(runner, settings, args),
+        "metrics": lambda: metrics_command(runner, settings),
+    }
+    if args.command in commands_without_patroni:
+        return commands_without_patroni[args.command]()
 
     try:
         cluster = fetch_cluster(settings)
