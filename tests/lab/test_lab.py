@@ -601,3 +601,71 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
     assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
     final = run_lab("validate")
     assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
+
+
+# -- Disaster recovery ------------------------------------------------------------------------------------------
+# Last, because it rolls the registry back: docs/postgres-ha.md's restore runbook followed step by step after an
+# operator's error. Registered: DR_BEFORE versions, then the time T, then DR_AFTER more, then the registered model
+# deleted. A point-in-time restore to T (playbooks/dr/restore_pgbackrest.yml, from the cluster's own repository)
+# must give back exactly the first DR_BEFORE versions, their artifacts byte for byte through models:/ URIs.
+
+DR_BEFORE, DR_AFTER = 5, 3
+DR_SCOPE = "mlflow-ha"
+
+
+def dr_client(lab, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "MLFLOW_TRACKING_URI": f"https://{lab.vip}",
+           **lab.client_env()}
+    return subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(Path(__file__).parent / "dr_client.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
+    model, state = f"dr-drill-{int(time.time())}", OUTPUT / "dr.state.json"
+    state.unlink(missing_ok=True)
+    report: dict = {"model": model}
+    made = dr_client(lab, "register", model, str(DR_BEFORE), str(state))
+    assert made.returncode == 0, f"registering the first versions failed:\n{tail(made.stdout + made.stderr)}"
+    # T: a whole second after the last acknowledged version, and a second before the next one starts.
+    target = int(max(entry["acked"] for entry in json.loads(state.read_text()))) + 2
+    time.sleep(max(0.0, target + 1 - time.time()))
+    made = dr_client(lab, "register", model, str(DR_AFTER), str(state))
+    assert made.returncode == 0, f"registering the later versions failed:\n{tail(made.stdout + made.stderr)}"
+    deleted = dr_client(lab, "delete", model)
+    assert deleted.returncode == 0, f"deleting the model failed:\n{tail(deleted.stdout + deleted.stderr)}"
+    gone = json.loads(dr_client(lab, "check", model, str(state)).stdout)
+    assert gone["present"] == [], f"the deleted model still has versions: {gone}"
+
+    # The archive must reach past T: `pgbackrest check` switches WAL and waits until the segment is archived.
+    leader = lab.patroni_leader()
+    lab.exec(leader, "su", "postgres", "-c", f"pgbackrest --stanza={DR_SCOPE} --log-level-console=warn check")
+    target_text = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(target))
+    report["target"] = target_text
+
+    # The runbook: stop the writers, restore, write Patroni's DCS settings again, start the writers, validate.
+    for host in lab.groups["mlflow"]:
+        lab.exec(host, "systemctl", "stop", "mlflow")
+    started = time.monotonic()
+    restore = run_lab("play", "dr-restore", str(ROOT / "playbooks" / "dr" / "restore_pgbackrest.yml"),
+                      "-e", json.dumps({"restore_confirm": DR_SCOPE, "restore_target_time": target_text,
+                                        "restore_margin": 5}))
+    report["restore_seconds"] = round(time.monotonic() - started)
+    assert restore.returncode == 0, f"the point-in-time restore failed:\n{tail(restore.stdout + restore.stderr)}"
+    started = time.monotonic()
+    settle = run_lab("converge", "dr-site", "--tags", "postgres,pgbackrest")
+    report["site_seconds"] = round(time.monotonic() - started)
+    assert settle.returncode == 0, f"site.yml --tags postgres,pgbackrest failed:\n{tail(settle.stdout + settle.stderr)}"
+    for host in lab.groups["mlflow"]:
+        lab.exec(host, "systemctl", "start", "mlflow")
+    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the restore")
+
+    checked = dr_client(lab, "check", model, str(state))
+    assert checked.returncode == 0, f"reading the restored model failed:\n{tail(checked.stdout + checked.stderr)}"
+    result = json.loads(checked.stdout)
+    report["check"] = result
+    (OUTPUT / "dr.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert result["present"] == list(range(1, DR_BEFORE + 1)), f"versions after the restore to {target_text}: {result}"
+    assert all(item["artifact_matches"] for item in result["versions"] if item["present"]), result
+    final = run_lab("validate")
+    assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"
