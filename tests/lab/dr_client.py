@@ -40,7 +40,7 @@ def register(model: str, count: int, state: Path) -> None:
         client.create_registered_model(model)
     done = load(state)
     with tempfile.TemporaryDirectory() as scratch:
-        for _ in range(count):
+        for _step in range(count):
             weights = os.urandom(ARTIFACT_BYTES)
             Path(scratch, "weights.bin").write_bytes(weights)
             with mlflow.start_run() as run:

@@ -754,8 +754,7 @@ def test_archive_push_reads_every_later_timeline_and_stops_at_the_first_missing_
     archive = FakeArchive({"00000002.history": "1\t0/3000000\tx\n", "00000003.history": HISTORY_3})
     calls = []
     ops = pr.Operations(settings("pg1"), lambda argv: calls.append(argv) or archive(argv))
-    code, _ = ops.archive_push("pg_wal/000000010000000000000002")
-    assert code == 0
+    assert ops.archive_push("pg_wal/000000010000000000000002") == (0, "")
     asked = [call[-2] for call in calls if "archive-get" in call]
     assert asked == ["00000002.history", "00000003.history", "00000004.history"]
     assert all("--no-archive-async" in call for call in calls if "archive-get" in call)

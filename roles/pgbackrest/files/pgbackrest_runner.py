@@ -500,8 +500,8 @@ class Operations:
             if got.returncode == ARCHIVE_GET_MISSING:
                 return None, None
             if got.returncode != 0:
-                return None, "archive-get %08X.history failed (exit %d): %s" % (timeline, got.returncode,
-                                                                                 last_line(got))
+                why = last_line(got)
+                return None, "archive-get %08X.history failed (exit %d): %s" % (timeline, got.returncode, why)
             with open(dest) as handle:
                 return handle.read(), None
 
