@@ -1,7 +1,7 @@
 """The artifact backup's runner (roles/artifact_backup/files/artifact_backup_runner.py): the sync, the check of what it
 copied, which differences a run forgives (objects written while it ran), its state and its metrics page; and what
 the role renders for it. rclone is a fake that answers as rclone 1.60 does (its combined report, its summary lines
-on stderr, lsjson's JSON): no S3 anywhere."""
+on stderr, lsjson's JSON; their formats as Debian's rclone 1.60.1 wrote them on local directories): no S3 anywhere."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_a_clean_run_is_verified_and_its_page_says_so(settings, capsys):
 
 
 def test_an_object_missing_in_the_target_fails_the_run(settings, capsys):
-    rclone = FakeRclone(combined="= a\n+ artifacts/old.bin\n", check_rc=2,
+    rclone = FakeRclone(combined="= a\n+ artifacts/old.bin\n", check_rc=1,
                         check_stderr=summary("mlflow-backup", 1, final=1),
                         lsjson=[entry("artifacts/old.bin", "2027-01-14T10:00:00.123456789Z")])
     assert run(settings, rclone) == 1
@@ -162,7 +162,7 @@ def test_an_object_missing_in_the_target_fails_the_run(settings, capsys):
 def test_a_differing_object_fails_the_run_and_the_last_verified_run_is_kept(settings):
     assert run(settings, FakeRclone(combined="= a\n")) == 0
     verified = state(settings)["last_verified"]
-    rclone = FakeRclone(combined="* a\n", check_rc=2, check_stderr=summary("mlflow-backup", 1, final=1),
+    rclone = FakeRclone(combined="* a\n", check_rc=1, check_stderr=summary("mlflow-backup", 1, final=1),
                         lsjson=[entry("a", "2027-01-01T00:00:00Z")])
     assert run(settings, rclone, clock_from(START + 86400)) == 1
     metrics = page(settings)
@@ -173,12 +173,15 @@ def test_a_differing_object_fails_the_run_and_the_last_verified_run_is_kept(sett
 
 def test_objects_written_or_deleted_while_the_backup_ran_are_late_not_failures(settings):
     # The sync began at START: one object uploaded after it (missing), one replaced after it (differs), one the
-    # check listed and that is gone now. rclone 1.60 exits 2 on differences (later versions 1): both explained.
-    rclone = FakeRclone(combined="= a\n+ new.bin\n* replaced.bin\n+ gone.bin\n", check_rc=2,
+    # check listed and that is gone now. Debian's rclone 1.60.1 exits 1 on differences (measured), as later ones do.
+    rclone = FakeRclone(combined="= a\n+ new.bin\n* replaced.bin\n+ gone.bin\n", check_rc=1,
                         check_stderr=summary("mlflow-backup", 3, final=3),
                         lsjson=[entry("new.bin", "2027-01-15T08:00:10.5+00:00"),
                                 entry("replaced.bin", "2027-01-15T09:00:10+01:00")])
     assert run(settings, rclone) == 0
+    lsjson = rclone.calls[-1]
+    assert lsjson[3:8] == ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime"]
+    assert sorted(rclone.asked_paths) == ["gone.bin", "new.bin", "replaced.bin"]
     metrics = page(settings)
     assert metrics[("mlflow_ha_artifact_backup_late_objects", "")] == 3
     assert metrics[("mlflow_ha_artifact_backup_check_success", "")] == 1
@@ -186,10 +189,10 @@ def test_objects_written_or_deleted_while_the_backup_ran_are_late_not_failures(s
 
 
 def test_the_clock_margin_forgives_a_little_before_the_start_but_no_more(settings):
-    just_before = FakeRclone(combined="+ a\n", check_rc=2, check_stderr=summary("b", 1, final=1),
+    just_before = FakeRclone(combined="+ a\n", check_rc=1, check_stderr=summary("b", 1, final=1),
                              lsjson=[entry("a", "2027-01-15T07:59:30Z")])
     assert run(settings, just_before) == 0
-    too_early = FakeRclone(combined="+ a\n", check_rc=2, check_stderr=summary("b", 1, final=1),
+    too_early = FakeRclone(combined="+ a\n", check_rc=1, check_stderr=summary("b", 1, final=1),
                            lsjson=[entry("a", "2027-01-15T07:58:59Z")])
     assert run(settings, too_early) == 1
 
@@ -214,13 +217,13 @@ def test_a_check_that_could_not_list_fails_the_run(settings, capsys):
 
 
 def test_an_unreadable_object_fails_the_run(settings):
-    rclone = FakeRclone(combined="= a\n! b\n", check_rc=2, check_stderr=summary("mlflow-backup", 1))
+    rclone = FakeRclone(combined="= a\n! b\n", check_rc=1, check_stderr=summary("mlflow-backup", 1))
     assert run(settings, rclone) == 1
     assert page(settings)[("mlflow_ha_artifact_backup_differences", "errors")] == 1
 
 
 def test_unknown_upload_times_forgive_nothing(settings, capsys):
-    rclone = FakeRclone(combined="+ new.bin\n", check_rc=2, check_stderr=summary("b", 1, final=1), lsjson_rc=3)
+    rclone = FakeRclone(combined="+ new.bin\n", check_rc=1, check_stderr=summary("b", 1, final=1), lsjson_rc=3)
     assert run(settings, rclone) == 1
     assert "upload times are unknown" in capsys.readouterr().err
 

@@ -188,7 +188,7 @@ class Backup:
         listing = os.path.join(directory, "reported-paths")
         with open(listing, "w", encoding="utf-8") as out:
             out.write("".join(path + "\n" for path in paths))
-        proc = self.run(self.rclone("lsjson", "--files-only", "--no-mimetype", "--use-server-modtime",
+        proc = self.run(self.rclone("lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime",
                                     "--files-from-raw", listing, self.settings.source))
         if proc.returncode != 0:
             say("rclone lsjson of the reported objects failed (exit %d): %s" % (proc.returncode, tail(proc.stderr)))
