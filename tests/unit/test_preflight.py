@@ -93,3 +93,41 @@ def test_patroni_checks_the_pgbackrest_settings_when_they_are_on():
     assert proc.returncode != 0
     assert "patroni_pgbackrest_archive_timeout (5) must be 0 (off) or at least 30 seconds" in " ".join(
         proc.stdout.split())
+
+
+# --- site.yml: the artifact backup is on unless the inventory turns it off -----------------------------------------
+
+def run_site(extra: dict | None = None, with_backup_group: bool = False) -> subprocess.CompletedProcess:
+    """site.yml's first play only (tags: always), on one controller-local host in every tier."""
+    inventories = ["-i", str(PREFLIGHT / "inventory_site.yml")]
+    if with_backup_group:
+        inventories += ["-i", str(PREFLIGHT / "inventory_site_backup.yml")]
+    cmd = [str(ANSIBLE_PLAYBOOK), *inventories, str(ROOT / "playbooks" / "site.yml"), "--tags", "always",
+           "-e", json.dumps(extra or {})]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_site_refuses_an_inventory_without_an_artifact_backup_host():
+    proc = run_site()
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert "site: no host is in the inventory group 'artifact_backup'" in out
+    assert "or set mlflow_ha_artifact_backup to false to run without artifact backups" in out
+
+
+def test_site_runs_without_artifact_backups_when_they_are_turned_off():
+    proc = run_site({"mlflow_ha_artifact_backup": False})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_site_refuses_an_artifact_backup_host_without_a_target():
+    proc = run_site(with_backup_group=True)
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert "site: the artifact backup on h1 has no target: set artifact_backup_target_endpoint" in out
+
+
+def test_site_accepts_an_artifact_backup_host_with_a_target():
+    proc = run_site({"artifact_backup_target_endpoint": "https://backup.example.net"}, with_backup_group=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
