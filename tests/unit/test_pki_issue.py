@@ -436,7 +436,7 @@ def test_the_installed_certificates_expiry_reaches_the_textfile_collector(ca: Pa
             "common_name": "pg1", "subject_alt_names": SANS, "dest_dir": str(dest), "metrics_dir": str(textfile)}
 
     # Check mode: the store is filled (as always), nothing on the host, the metrics file would be written.
-    result, _ = action_on_this_host(args, check_mode=True)
+    result = action_on_this_host(args, check_mode=True)[0]
     assert result["changed"] and result["metrics_changed"] and not result.get("failed"), result
     assert not dest.exists() and list(textfile.iterdir()) == []
 
@@ -458,15 +458,15 @@ def test_the_installed_certificates_expiry_reaches_the_textfile_collector(ca: Pa
 
     # Second run: nothing changes, the file is not touched.
     before = prom.stat().st_mtime_ns
-    result, _ = action_on_this_host(args)
+    result = action_on_this_host(args)[0]
     assert (result["changed"], result["metrics_changed"]) == (False, False), result
     assert prom.stat().st_mtime_ns == before
 
     # Only the metrics file differs (a hand edit, a collection upgrade): changed, but no restart for the service.
     prom.write_text("stale\n")
-    result, _ = action_on_this_host(args, check_mode=True)
+    result = action_on_this_host(args, check_mode=True)[0]
     assert result["changed"] and result["metrics_changed"] and prom.read_text() == "stale\n"
-    result, _ = action_on_this_host(args)
+    result = action_on_this_host(args)[0]
     assert result["changed"] and result["metrics_changed"] and not result["ansible_facts"]["pki_host_cert_changed"]
     assert result["changed_files"] == [] and "etcd.crt" in prom.read_text()
 
@@ -477,7 +477,7 @@ def test_no_textfile_directory_no_metrics(ca: Path, tmp_path: Path):
     args = {"ca_dir": str(ca), "ca_passphrase": PASSPHRASE, "store_dir": str(tmp_path / "store"), "name": "etcd",
             "common_name": "pg1", "subject_alt_names": SANS, "dest_dir": str(tmp_path / "tls"),
             "metrics_dir": str(tmp_path / "no-node-exporter")}
-    result, _ = action_on_this_host(args)
+    result = action_on_this_host(args)[0]
     assert result["changed"] and not result["metrics_changed"] and result["metrics_path"] == ""
     assert not (tmp_path / "no-node-exporter").exists()
     assert action_on_this_host(args)[0]["changed"] is False
