@@ -9,7 +9,14 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.mlops.mlflow_ha.plugins.plugin_utils.pki import CURVES, KEY_TYPES, PkiError, issue
+from ansible_collections.mlops.mlflow_ha.plugins.plugin_utils.pki import (
+    CURVES,
+    KEY_TYPES,
+    PkiError,
+    certificate_expiries,
+    issue,
+    metrics_file_name,
+)
 
 ARGUMENT_SPEC = {
     "ca_dir": {"type": "path", "required": True},
@@ -33,6 +40,7 @@ ARGUMENT_SPEC = {
         "name": {"type": "str", "required": True},
         "content": {"type": "str", "required": True, "no_log": True},
         "mode": {"type": "str", "default": "0640"}}},
+    "metrics_dir": {"type": "path"},
 }
 
 PASSPHRASE_MESSAGE = ("pki: pki_ca_passphrase is unset or shorter than {length} characters. Set it in a vault "
@@ -80,15 +88,27 @@ class ActionModule(ActionBase):
                  {"name": args["name"] + ".key", "content": _read(issued["key_path"]), "mode": "0640"}]
         files += [{"name": extra["name"], "content": extra["content"], "mode": extra["mode"]}
                   for extra in args["extra_files"]]
-        installed = self._execute_module(
-            module_name="mlops.mlflow_ha.pki_files", task_vars=task_vars,
-            module_args={"dir": args["dest_dir"], "owner": args["owner"], "group": args["group"], "files": files})
+        module_args = {"dir": args["dest_dir"], "owner": args["owner"], "group": args["group"], "files": files}
+        if args["metrics_dir"]:
+            # notAfter of the certificate and of each CA certificate of ca.crt, read here (the host may lack
+            # cryptography); the module writes them for node_exporter's textfile collector if that directory exists.
+            dest = args["dest_dir"].rstrip("/") or "/"
+            module_args.update(
+                metrics_dir=args["metrics_dir"], metrics_file=metrics_file_name(dest, args["name"]),
+                certificates=(certificate_expiries(files[1]["content"], f"{dest}/{files[1]['name']}")
+                              + certificate_expiries(files[0]["content"], f"{dest}/{files[0]['name']}")))
+        installed = self._execute_module(module_name="mlops.mlflow_ha.pki_files", task_vars=task_vars,
+                                         module_args=module_args)
         if installed.get("failed"):
             raise PkiError(installed.get("msg") or f"pki_files failed in {args['dest_dir']}")
-        changed = bool(installed.get("changed"))
-        return {"changed": changed, "store_changed": issued["changed"],
-                "changed_files": installed.get("changed_files", []),
-                "ansible_facts": {"pki_host_cert_changed": changed}}
+        # The fact (what calling roles restart their service on) is about the TLS files only: a metrics file that
+        # is new (node_exporter installed later, or this collection upgraded) restarts nothing.
+        files_changed = bool(installed.get("changed_files"))
+        metrics_changed = bool(installed.get("metrics_changed"))
+        return {"changed": files_changed or metrics_changed, "store_changed": issued["changed"],
+                "changed_files": installed.get("changed_files", []), "metrics_changed": metrics_changed,
+                "metrics_path": installed.get("metrics_path", ""),
+                "ansible_facts": {"pki_host_cert_changed": files_changed}}
 
     def _scrub(self, msg: str, args: dict) -> str:
         """No message leaves with the passphrase in it, whatever raised it."""

@@ -20,6 +20,11 @@ description:
   - In check mode nothing is written; the result says what would change. A user or group that does not exist yet
     (the calling role creates it in a real run) is no error there; every file would change.
   - Contents are never returned (each C(content) is C(no_log)); RV(changed_files) names the files only.
+  - With O(metrics_dir), and only when that directory exists (node_exporter's textfile collector directory on a host
+    that runs node_exporter), also writes O(metrics_file) there, the gauge
+    C(mlflow_ha_certificate_expiry_timestamp_seconds) with one sample per entry of O(certificates) (labels C(path),
+    C(subject), C(issuer), C(serial); the value is the end of validity in Unix seconds), atomically, owner and group
+    C(root), mode C(0644). The value changes only when a certificate does, so the file is exact between runs.
 author:
   - mlflow-ha developers (@mlflow-ha)
 options:
@@ -57,6 +62,42 @@ options:
         description: The file's mode.
         type: str
         default: "0644"
+  metrics_dir:
+    description:
+      - Directory of node_exporter's textfile collector for the expiry metrics of O(certificates). Omitted or
+        missing on the host, no metrics file is written (and none is reported as changed).
+    type: path
+  metrics_file:
+    description: File name in O(metrics_dir), ending in C(.prom); required with O(metrics_dir).
+    type: str
+  certificates:
+    description:
+      - The certificates whose expiry O(metrics_file) exports, read by the caller (the action plugin
+        mlops.mlflow_ha.pki_issue reads them on the controller, so the host needs no C(cryptography)).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Where the host holds the certificate (label C(path)).
+        type: str
+        required: true
+      subject:
+        description: Common name of its subject (label C(subject)).
+        type: str
+        required: true
+      issuer:
+        description: Common name of its issuer (label C(issuer)).
+        type: str
+        required: true
+      serial:
+        description: Serial number in hex (label C(serial)).
+        type: str
+        required: true
+      not_after:
+        description: End of validity in Unix seconds (the sample's value).
+        type: int
+        required: true
 """
 
 EXAMPLES = r"""
@@ -75,6 +116,15 @@ changed_files:
   type: list
   elements: str
   sample: [etcd.crt, etcd.key]
+metrics_changed:
+  description: Whether O(metrics_file) was or in check mode would be written.
+  returned: always
+  type: bool
+metrics_path:
+  description: The metrics file, empty when none is kept (no O(metrics_dir), or it does not exist on the host).
+  returned: always
+  type: str
+  sample: /var/lib/prometheus/node-exporter/mlflow_ha_cert_etc_etcd_tls_etcd.prom
 """
 
 import grp
@@ -102,7 +152,49 @@ def _ids(module, owner, group):
 
 
 def _all_would_change(module):
-    module.exit_json(changed=True, changed_files=["."] + [entry["name"] for entry in module.params["files"]])
+    module.exit_json(changed=True, changed_files=["."] + [entry["name"] for entry in module.params["files"]],
+                     metrics_changed=False, metrics_path="")
+
+
+METRIC = "mlflow_ha_certificate_expiry_timestamp_seconds"
+
+
+def _label(value):
+    """A label value in the text exposition format: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(certificates):
+    """The textfile collector's file: the expiry gauge, one sample per certificate, in the order given."""
+    lines = [f"# HELP {METRIC} End of validity (notAfter) of a certificate the collection installed, Unix seconds.",
+             f"# TYPE {METRIC} gauge"]
+    for cert in certificates:
+        labels = ",".join(f'{key}="{_label(cert[key])}"' for key in ("path", "subject", "issuer", "serial"))
+        lines.append(f"{METRIC}{{{labels}}} {int(cert['not_after'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics(module):
+    """(changed, path) of the metrics file; nothing without metrics_dir or when it does not exist on the host."""
+    params = module.params
+    directory = params["metrics_dir"]
+    if not directory:
+        return False, ""
+    name = params["metrics_file"] or ""
+    if not name.endswith(".prom") or os.sep in name or name.startswith("."):
+        module.fail_json(msg=f"pki_files: metrics_file {name!r} must be a file name ending in .prom")
+    if not os.path.isdir(directory):
+        return False, ""
+    path = os.path.join(directory, name)
+    content_differs, attrs_differ = _needs(path, metrics_text(params["certificates"]).encode(), 0, 0, 0o644)
+    if module.check_mode or not (content_differs or attrs_differ):
+        return content_differs or attrs_differ, path
+    if content_differs:
+        _write(directory, name, metrics_text(params["certificates"]).encode(), 0, 0, 0o644)
+    else:
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o644)
+    return True, path
 
 
 def _mode(module, text):
@@ -153,7 +245,17 @@ def main():
                 "content": {"type": "str", "required": True, "no_log": True},
                 "mode": {"type": "str", "default": "0644"},
             }},
+            "metrics_dir": {"type": "path"},
+            "metrics_file": {"type": "str"},
+            "certificates": {"type": "list", "elements": "dict", "default": [], "options": {
+                "path": {"type": "str", "required": True},
+                "subject": {"type": "str", "required": True},
+                "issuer": {"type": "str", "required": True},
+                "serial": {"type": "str", "required": True},
+                "not_after": {"type": "int", "required": True},
+            }},
         },
+        required_by={"metrics_dir": "metrics_file"},
         supports_check_mode=True,
     )
     params = module.params
@@ -196,7 +298,9 @@ def main():
         elif attrs_differ:
             os.chown(path, uid, gid)
             os.chmod(path, mode)
-    module.exit_json(changed=bool(changed), changed_files=changed)
+    metrics_changed, metrics_path = _metrics(module)
+    module.exit_json(changed=bool(changed) or metrics_changed, changed_files=changed, metrics_changed=metrics_changed,
+                     metrics_path=metrics_path)
 
 
 if __name__ == "__main__":

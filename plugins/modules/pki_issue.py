@@ -103,7 +103,8 @@ options:
     description:
       - Directory on the managed host to install C(ca.crt), C(<name>.crt) and C(<name>.key) (mode C(0640)) in, with
         one run of the module mlops.mlflow_ha.pki_files (the directory C(root)-owned, O(group), C(0750)). Then
-        C(changed) is whether the host's files changed, and the fact C(pki_host_cert_changed) says the same.
+        C(changed) is whether the host's files changed (the metrics file of O(metrics_dir) included), and the fact
+        C(pki_host_cert_changed) whether the TLS files did.
       - Omitted, nothing reaches the host.
     type: path
   owner:
@@ -142,6 +143,16 @@ options:
         description: The file's mode.
         type: str
         default: "0640"
+  metrics_dir:
+    description:
+      - Directory of node_exporter's textfile collector on the host (the pki role's C(pki_cert_metrics_dir)). With
+        O(dest_dir), and only when this directory exists on the host, the same module run writes
+        C(mlflow_ha_cert_<dest_dir and name, sanitized>.prom) there, the gauge
+        C(mlflow_ha_certificate_expiry_timestamp_seconds) with labels C(path), C(subject), C(issuer) (common names)
+        and C(serial), valued at the end of validity in Unix seconds, for the certificate and each CA certificate of
+        the installed C(ca.crt). The dates are read here on the controller; the host needs no C(cryptography).
+      - The metrics file counts for C(changed), not for the fact C(pki_host_cert_changed). Omitted, no metrics.
+    type: path
 extends_documentation_fragment:
   - action_common_attributes
   - action_common_attributes.flow
@@ -198,6 +209,15 @@ store_changed:
   description: With O(dest_dir), whether the controller's store was written (C(changed) is about the host then).
   returned: when O(dest_dir) is set
   type: bool
+metrics_changed:
+  description: With O(dest_dir), whether the expiry metrics file was or in check mode would be written.
+  returned: when O(dest_dir) is set
+  type: bool
+metrics_path:
+  description: With O(dest_dir), the metrics file on the host; empty when none is kept.
+  returned: when O(dest_dir) is set
+  type: str
+  sample: /var/lib/prometheus/node-exporter/mlflow_ha_cert_etc_etcd_tls_etcd.prom
 ca_cert_path:
   description: The CA certificate on the controller.
   returned: success

@@ -325,3 +325,38 @@ def issue(ca_dir: str, ca_passphrase: str, store_dir: str, name: str, common_nam
     else:
         result["changed"] |= _fix_mode(cert_path, CERT_MODE)
     return result
+
+
+# --- expiry metrics for node_exporter's textfile collector (written on the host by the module pki_files) ---------
+
+METRICS_FILE_PREFIX = "mlflow_ha_cert_"
+
+
+def metrics_file_name(dest_dir: str, name: str) -> str:
+    """The textfile collector's file for the certificate ``name`` installed in ``dest_dir``: stable, one per
+    certificate directory and name (``/etc/etcd/tls`` + ``etcd`` gives ``mlflow_ha_cert_etc_etcd_tls_etcd.prom``)."""
+    stem = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{dest_dir}/{name}")
+    stem = "_".join(part for part in stem.split("_") if part)
+    return f"{METRICS_FILE_PREFIX}{stem or 'unnamed'}.prom"
+
+
+def _common_name(name: x509.Name) -> str:
+    """The CN of a name, else the whole name in RFC 4514 form."""
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else name.rfc4514_string()
+
+
+def certificate_expiries(pem: str | bytes, path: str) -> list[dict[str, t.Any]]:
+    """Each certificate of ``pem`` (one, or a bundle as ca.crt) as a sample of the expiry gauge: ``path`` (where the
+    host holds it), subject and issuer CN, serial (hex, which tells two certificates with the same names apart) and
+    ``not_after`` in Unix seconds. Computed on the controller: the managed hosts need no ``cryptography``."""
+    if CRYPTOGRAPHY_ERROR is not None:
+        raise PkiError(f"pki_issue needs the Python library cryptography on the controller: {CRYPTOGRAPHY_ERROR}")
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PkiError(f"pki: cannot read the certificates for {path}: {exc}") from exc
+    return [{"path": path, "subject": _common_name(cert.subject), "issuer": _common_name(cert.issuer),
+             "serial": format(cert.serial_number, "x"), "not_after": int(cert.not_valid_after_utc.timestamp())}
+            for cert in certs]

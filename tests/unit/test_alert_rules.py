@@ -22,6 +22,9 @@ RULES = ROOT / "roles" / "prometheus" / "files" / "rules" / "mlflow_ha.rules.yml
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.test.yml"))
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
 SEVERITIES = {"page", "ticket"}
+# Alerts that fire on purpose and reach no person: the dead man's switch (Alertmanager routes it to the external
+# heartbeat receiver only, tests/unit/test_alertmanager_config.py).
+HEARTBEATS = {"Watchdog": "heartbeat"}
 RUNBOOK = re.compile(r"^docs/alerts\.md#(?P<anchor>[a-z0-9_-]+)$")
 # A failover takes under 30 s: no alert may fire on a single bad evaluation.
 MIN_FOR_SECONDS = 60
@@ -104,6 +107,14 @@ def test_promtool_unit_tests(test_file):
 
 # --- what every alert carries -------------------------------------------------------------------------------------
 
+def test_only_the_heartbeats_fire_unconditionally():
+    # A severity of its own keeps Watchdog out of every route that matches on severity; nothing else may use it.
+    for rule in alert_rules():
+        if (rule.get("labels") or {}).get("severity") in set(HEARTBEATS.values()):
+            assert rule["alert"] in HEARTBEATS, f"{rule['alert']}: severity heartbeat is the dead man's switch's"
+    assert all(name in alert_names() for name in HEARTBEATS), "the dead man's switch (Watchdog) is gone"
+
+
 def test_rules_file_has_alerts():
     assert len(alert_names()) >= 20, alert_names()
 
@@ -113,7 +124,10 @@ def test_alert_labels_and_annotations(rule):
     name = rule["alert"]
     labels = rule.get("labels") or {}
     annotations = rule.get("annotations") or {}
-    assert labels.get("severity") in SEVERITIES, f"{name}: severity must be one of {sorted(SEVERITIES)}"
+    if name in HEARTBEATS:
+        assert labels.get("severity") == HEARTBEATS[name], f"{name}: severity must be {HEARTBEATS[name]}"
+    else:
+        assert labels.get("severity") in SEVERITIES, f"{name}: severity must be one of {sorted(SEVERITIES)}"
     for key in ("summary", "description", "runbook"):
         assert str(annotations.get(key) or "").strip(), f"{name}: annotation {key!r} is missing or empty"
     assert RUNBOOK.match(annotations["runbook"]), (

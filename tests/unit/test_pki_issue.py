@@ -344,3 +344,153 @@ def test_the_documentation_module_describes_the_plugins_options():
         assert (doc["type"], doc.get("required", False), doc.get("default"), doc.get("choices"),
                 doc.get("elements")) == (spec["type"], spec.get("required", False), spec.get("default"),
                                          spec.get("choices"), spec.get("elements")), name
+
+
+# --- the module pki_files and the expiry metrics (node_exporter's textfile collector) ------------------------------
+
+MODULE = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "pki_files.py"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="pki_files makes its directory root-owned: run as root")
+
+
+def run_pki_files(module_args: dict, check_mode: bool = False) -> dict:
+    """The module as Ansible runs it on a host (a Python process reading its arguments), here on this machine."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": {**module_args, "_ansible_check_mode": check_mode}}, handle)
+    try:
+        proc = subprocess.run([sys.executable, str(MODULE), handle.name], capture_output=True, text=True, timeout=60,
+                              check=False, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    finally:
+        os.unlink(handle.name)
+    return json.loads(proc.stdout)
+
+
+def action_on_this_host(args: dict, check_mode: bool = False):
+    """The action plugin with its module run on this machine: what reaches a host, in tmp_path."""
+    from types import SimpleNamespace
+
+    from ansible.playbook.play_context import PlayContext
+
+    from ansible_collections.mlops.mlflow_ha.plugins.action.pki_issue import ActionModule
+
+    plugin = ActionModule(FakeTask(args, check_mode), connection=SimpleNamespace(_shell=SimpleNamespace(tmpdir=None)),
+                          play_context=PlayContext(), loader=None, templar=None, shared_loader_obj=None)
+    plugin._load_name = "mlops.mlflow_ha.pki_issue"
+    sent = []
+
+    def execute_module(module_name, module_args, task_vars):
+        assert module_name == "mlops.mlflow_ha.pki_files"
+        sent.append(module_args)
+        return run_pki_files(module_args, check_mode)
+
+    plugin._execute_module = execute_module
+    return plugin.run(task_vars={}), sent
+
+
+def test_metrics_file_names_are_stable_and_sanitized():
+    from ansible_collections.mlops.mlflow_ha.plugins.plugin_utils.pki import metrics_file_name
+
+    assert metrics_file_name("/etc/etcd/tls", "etcd") == "mlflow_ha_cert_etc_etcd_tls_etcd.prom"
+    assert metrics_file_name("/etc/patroni/tls/", "etcd-client") == "mlflow_ha_cert_etc_patroni_tls_etcd_client.prom"
+    assert metrics_file_name("/srv/tls", "node-exporter") != metrics_file_name("/srv/tls", "alertmanager")
+    assert metrics_file_name("/étc/x y", "a.b") == "mlflow_ha_cert_tc_x_y_a_b.prom"
+
+
+def test_certificate_expiries_of_a_bundle(ca: Path, tmp_path: Path):
+    from ansible_collections.mlops.mlflow_ha.plugins.plugin_utils.pki import certificate_expiries
+
+    make_ca(tmp_path / "etcd-ca", name="mlflow-ha etcd CA")
+    bundle = (ca / "ca.crt").read_text() + (tmp_path / "etcd-ca" / "ca.crt").read_text()
+    samples = certificate_expiries(bundle, "/etc/etcd/tls/ca.crt")
+    end = int((NOW + datetime.timedelta(days=3650)).timestamp())
+    assert [(s["path"], s["subject"], s["issuer"], s["not_after"]) for s in samples] == [
+        ("/etc/etcd/tls/ca.crt", "mlflow-ha CA", "mlflow-ha CA", end),
+        ("/etc/etcd/tls/ca.crt", "mlflow-ha etcd CA", "mlflow-ha etcd CA", end)]
+    assert all(int(s["serial"], 16) > 0 for s in samples)
+    with pytest.raises(PkiError, match=r"cannot read the certificates for /x/ca\.crt"):
+        certificate_expiries("not a certificate", "/x/ca.crt")
+
+
+def test_metrics_text_escapes_label_values():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pki_files_module", MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.metrics_text([{"path": "/t/a.crt", "subject": 'say "hi"\\', "issuer": "line\nbreak",
+                                 "serial": "1f", "not_after": 1700000000}])
+    assert text.splitlines()[2] == ('mlflow_ha_certificate_expiry_timestamp_seconds{path="/t/a.crt",'
+                                    'subject="say \\"hi\\"\\\\",issuer="line\\nbreak",serial="1f"} 1700000000')
+
+
+@needs_root
+def test_the_installed_certificates_expiry_reaches_the_textfile_collector(ca: Path, tmp_path: Path):
+    textfile = tmp_path / "node-exporter"
+    textfile.mkdir()
+    dest = tmp_path / "etc" / "etcd" / "tls"
+    args = {"ca_dir": str(ca), "ca_passphrase": PASSPHRASE, "store_dir": str(tmp_path / "store"), "name": "etcd",
+            "common_name": "pg1", "subject_alt_names": SANS, "dest_dir": str(dest), "metrics_dir": str(textfile)}
+
+    # Check mode: the store is filled (as always), nothing on the host, the metrics file would be written.
+    result = action_on_this_host(args, check_mode=True)[0]
+    assert result["changed"] and result["metrics_changed"] and not result.get("failed"), result
+    assert not dest.exists() and list(textfile.iterdir()) == []
+
+    result, sent = action_on_this_host(args)
+    assert result["changed"] and result["metrics_changed"] and result["ansible_facts"]["pki_host_cert_changed"]
+    prom = textfile / f"mlflow_ha_cert_{str(dest).strip('/').replace('/', '_').replace('-', '_')}_etcd.prom"
+    assert result["metrics_path"] == str(prom)
+    assert sorted(p.name for p in textfile.iterdir()) == [prom.name], "written atomically: no temporary file left"
+    assert (prom.stat().st_uid, mode(prom)) == (0, 0o644)
+    cert = x509.load_pem_x509_certificate((dest / "etcd.crt").read_bytes())
+    ca_cert = x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes())
+    samples = [line for line in prom.read_text().splitlines() if not line.startswith("#")]
+    assert samples == [
+        f'mlflow_ha_certificate_expiry_timestamp_seconds{{path="{dest}/etcd.crt",subject="pg1",issuer="mlflow-ha CA",'
+        f'serial="{cert.serial_number:x}"}} {int(cert.not_valid_after_utc.timestamp())}',
+        f'mlflow_ha_certificate_expiry_timestamp_seconds{{path="{dest}/ca.crt",subject="mlflow-ha CA",'
+        f'issuer="mlflow-ha CA",serial="{ca_cert.serial_number:x}"}} {int(ca_cert.not_valid_after_utc.timestamp())}']
+    assert "PRIVATE KEY" not in repr(sent[0]["certificates"])
+
+    # Second run: nothing changes, the file is not touched.
+    before = prom.stat().st_mtime_ns
+    result = action_on_this_host(args)[0]
+    assert (result["changed"], result["metrics_changed"]) == (False, False), result
+    assert prom.stat().st_mtime_ns == before
+
+    # Only the metrics file differs (a hand edit, a collection upgrade): changed, but no restart for the service.
+    prom.write_text("stale\n")
+    result = action_on_this_host(args, check_mode=True)[0]
+    assert result["changed"] and result["metrics_changed"] and prom.read_text() == "stale\n"
+    result = action_on_this_host(args)[0]
+    assert result["changed"] and result["metrics_changed"] and not result["ansible_facts"]["pki_host_cert_changed"]
+    assert result["changed_files"] == [] and "etcd.crt" in prom.read_text()
+
+
+@needs_root
+def test_no_textfile_directory_no_metrics(ca: Path, tmp_path: Path):
+    """A host without node_exporter (no textfile directory) gets its TLS files and nothing else, on every run."""
+    args = {"ca_dir": str(ca), "ca_passphrase": PASSPHRASE, "store_dir": str(tmp_path / "store"), "name": "etcd",
+            "common_name": "pg1", "subject_alt_names": SANS, "dest_dir": str(tmp_path / "tls"),
+            "metrics_dir": str(tmp_path / "no-node-exporter")}
+    result = action_on_this_host(args)[0]
+    assert result["changed"] and not result["metrics_changed"] and result["metrics_path"] == ""
+    assert not (tmp_path / "no-node-exporter").exists()
+    assert action_on_this_host(args)[0]["changed"] is False
+    # Without metrics_dir the module is sent no certificates at all.
+    result, sent = action_on_this_host({k: v for k, v in args.items() if k != "metrics_dir"})
+    assert result["changed"] is False and "metrics_dir" not in sent[0] and "certificates" not in sent[0]
+
+
+@needs_root
+def test_pki_files_refuses_a_bad_metrics_file_name(tmp_path: Path):
+    (tmp_path / "textfile").mkdir()
+    result = run_pki_files({"dir": str(tmp_path / "tls"), "files": [], "metrics_dir": str(tmp_path / "textfile"),
+                            "metrics_file": "../escape.prom"})
+    assert result["failed"] and "metrics_file" in result["msg"]
+    result = run_pki_files({"dir": str(tmp_path / "tls"), "files": [], "metrics_dir": str(tmp_path / "textfile")})
+    assert result["failed"] and "metrics_file" in result["msg"]

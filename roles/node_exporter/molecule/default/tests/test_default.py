@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -69,6 +70,15 @@ def test_textfile_collector_reads_directory(host):
         assert "mlflow_ha_molecule_probe 42" in cmd.stdout
     finally:
         host.run(f"rm -f {prom}")
+
+
+def test_certificate_expiry_is_exported(metrics):
+    # The pki role's module run wrote the expiry of the exporter's own certificate and of its CA into the textfile
+    # directory (pki_cert_metrics_dir), for the CertificateExpires* alerts.
+    samples = metrics.get("mlflow_ha_certificate_expiry_timestamp_seconds", [])
+    paths = {re.search(r'path="([^"]+)"', s).group(1) for s in samples}
+    assert {"/etc/prometheus/node-exporter-tls/node-exporter.crt", "/etc/prometheus/node-exporter-tls/ca.crt"} <= paths
+    assert all(float(s.rsplit(" ", 1)[1]) > time.time() for s in samples)
 
 
 def test_scrape_from_controller(host):
