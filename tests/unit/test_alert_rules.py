@@ -8,7 +8,6 @@ set PROMTOOL to use another one. Without it the promtool tests fail: they are ne
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 import yaml
+from shared_checks import run_cache_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "roles" / "prometheus" / "files" / "rules" / "mlflow_ha.rules.yml"
@@ -81,13 +81,7 @@ def duration_seconds(text: str) -> int:
 # --- promtool ---------------------------------------------------------------------------------------------------
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess:
-    """Run promtool; a missing binary fails the calling test (in the test, not in a fixture: FAILED, not ERROR)."""
-    path = Path(os.environ.get("PROMTOOL") or ROOT / ".cache" / "bin" / "promtool")
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"promtool not found at {path}: run `bash tools/promtool.sh` first (it unpacks promtool from "
-                    "Debian's prometheus package into .cache/bin), or set PROMTOOL to a promtool binary",
-                    pytrace=False)
-    return subprocess.run([str(path), *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    return run_cache_tool("promtool", "PROMTOOL", "prometheus", *args, timeout=600)
 
 
 def test_rules_pass_promtool_check():

@@ -8,7 +8,6 @@ to use another one. Without it these tests fail: they are never skipped.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from role_vars import render
+from shared_checks import run_cache_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = ROOT / "roles" / "alertmanager" / "defaults" / "main.yml"
@@ -50,12 +50,7 @@ def config(**variables: Any) -> dict[str, Any]:
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess:
-    path = Path(os.environ.get("AMTOOL") or ROOT / ".cache" / "bin" / "amtool")
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"amtool not found at {path}: run `bash tools/promtool.sh` first (it unpacks amtool from Debian's "
-                    "prometheus-alertmanager package into .cache/bin), or set AMTOOL to an amtool binary",
-                    pytrace=False)
-    return subprocess.run([str(path), *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    return run_cache_tool("amtool", "AMTOOL", "prometheus-alertmanager", *args, timeout=60)
 
 
 def write(tmp_path: Path, rendered: dict[str, Any]) -> Path:

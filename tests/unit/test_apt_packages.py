@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import yaml
+from shared_checks import assert_documented_as_specified
 
 from ansible_collections.mlops.mlflow_ha.plugins.action.apt_packages import (
     ARGUMENT_SPEC,
@@ -37,10 +37,4 @@ def test_installed_means_status_ii_for_every_name():
 
 
 def test_the_documentation_module_describes_the_plugins_options():
-    documented = yaml.safe_load(DOCUMENTATION)["options"]
-    assert set(documented) == set(ARGUMENT_SPEC)
-    for name, spec in ARGUMENT_SPEC.items():
-        doc = documented[name]
-        assert (doc["type"], doc.get("required", False), doc.get("default"), doc.get("choices"),
-                doc.get("aliases")) == (spec["type"], spec.get("required", False), spec.get("default"),
-                                        spec.get("choices"), spec.get("aliases")), name
+    assert_documented_as_specified(DOCUMENTATION, ARGUMENT_SPEC)

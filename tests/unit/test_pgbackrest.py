@@ -16,7 +16,7 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 from fakes import load_program
-from role_vars import ROOT, _trusted, role_vars
+from role_vars import ROOT, _trusted, render, role_vars
 
 pr = load_program(ROOT / "roles" / "pgbackrest" / "files" / "pgbackrest_runner.py")
 ROLE = ROOT / "roles" / "pgbackrest"
@@ -218,7 +218,9 @@ def test_here_with_standby_backups_off_only_the_leader_may():
     assert pr.choose_here(HEALTHY, "pg1", 16 << 20, backup_standby=False).member == "pg1"
 
 
-def test_here_fails_when_this_members_patroni_does_not_answer(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def patroni_down(tmp_path, monkeypatch):
+    """A settings file (state in tmp_path) for a member whose own Patroni does not answer; its path."""
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({**settings().__dict__, "state_dir": str(tmp_path)}))
 
@@ -226,6 +228,11 @@ def test_here_fails_when_this_members_patroni_does_not_answer(tmp_path, monkeypa
         raise OSError("connection refused")
 
     monkeypatch.setattr(pr, "fetch_cluster", down)
+    return path
+
+
+def test_here_fails_when_this_members_patroni_does_not_answer(patroni_down, capsys):
+    path = patroni_down
     assert pr.main(["--settings", str(path), "backup", "--type", "full", "--here"]) == pr.EXIT_NOBODY
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] is False
 
@@ -411,14 +418,8 @@ def test_main_writes_the_state_of_a_run_and_the_page(tmp_path, monkeypatch, caps
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_a_member_whose_patroni_does_not_answer_does_not_back_up(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps({**settings().__dict__, "state_dir": str(tmp_path)}))
-
-    def down(_settings, timeout=5.0):
-        raise OSError("connection refused")
-
-    monkeypatch.setattr(pr, "fetch_cluster", down)
+def test_a_member_whose_patroni_does_not_answer_does_not_back_up(patroni_down, tmp_path, capsys):
+    path = patroni_down
     assert pr.main(["--settings", str(path), "backup", "--type", "diff"]) == pr.EXIT_OK
     assert "does not back up" in capsys.readouterr().out
     assert not (tmp_path / "last-diff.json").exists()
@@ -672,6 +673,8 @@ def test_with_pgbackrest_on_the_dcs_archives_and_no_member_reads_the_archive():
     assert parameters["archive_command"] == ("/usr/bin/python3 /usr/local/lib/mlflow-ha/pgbackrest/pgbackrest_runner.py"
                                              " --stanza=mlflow-ha archive-push %p")
     assert parameters["archive_timeout"] == 300
+    # The patroni role names the runner the pgbackrest role installs: one path, written in both roles.
+    assert parameters["archive_command"].split()[1] == render("pgbackrest", "_pgbackrest_program")
     config = yaml.safe_load(patroni_config(**on))
     pg = config["postgresql"]
     # A former leader's WAL archived before pg_rewind can run past the new timeline's switch point: replicas come

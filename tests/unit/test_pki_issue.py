@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from shared_checks import assert_documented_as_specified
 
 from ansible_collections.mlops.mlflow_ha.plugins.plugin_utils.pki import PkiError, issue, missing_ca_message
 
@@ -332,18 +333,10 @@ def test_certificates_of_the_community_crypto_tasks_and_of_pki_issue_agree(tmp_p
 
 def test_the_documentation_module_describes_the_plugins_options():
     """plugins/modules/pki_issue.py only documents; the action plugin's argument spec is what is checked."""
-    import yaml
-
     from ansible_collections.mlops.mlflow_ha.plugins.action.pki_issue import ARGUMENT_SPEC
     from ansible_collections.mlops.mlflow_ha.plugins.modules.pki_issue import DOCUMENTATION
 
-    documented = yaml.safe_load(DOCUMENTATION)["options"]
-    assert set(documented) == set(ARGUMENT_SPEC)
-    for name, spec in ARGUMENT_SPEC.items():
-        doc = documented[name]
-        assert (doc["type"], doc.get("required", False), doc.get("default"), doc.get("choices"),
-                doc.get("elements")) == (spec["type"], spec.get("required", False), spec.get("default"),
-                                         spec.get("choices"), spec.get("elements")), name
+    assert_documented_as_specified(DOCUMENTATION, ARGUMENT_SPEC)
 
 
 # --- the module pki_files and the expiry metrics (node_exporter's textfile collector) ------------------------------
