@@ -110,6 +110,11 @@ class Lab:
         """Machine death: the container's processes get SIGKILL, nothing shuts down cleanly."""
         self.docker("kill", self.container(host))
 
+    def remove(self, host: str) -> None:
+        """The machine is gone for good: its container and everything on its disks (tools/lab/create.yml makes a
+        new, empty one with the same name and address)."""
+        self.docker("rm", "--force", "--volumes", self.container(host))
+
     def start(self, host: str) -> None:
         self.docker("start", self.container(host))
 
@@ -392,9 +397,13 @@ class Load:
     def acks_since(self, t: float) -> list[dict]:
         return [e for e in self.events_list() if e["event"] == "ack" and e["start"] >= t]
 
-    def stop(self) -> None:
+    def stop(self, abandon: bool = False) -> None:
+        """Stop after the registrations in flight (abandon: at once; they were not acknowledged, so nothing that
+        counts is lost: the events file is written line by line)."""
         self.stop_file.touch()
         try:
+            if abandon:
+                self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGTERM)

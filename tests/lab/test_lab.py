@@ -669,3 +669,70 @@ def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     assert all(item["artifact_matches"] for item in result["versions"] if item["present"]), result
     final = run_lab("validate")
     assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"
+
+
+# The second drill: every database machine lost (containers removed with their disks; etcd ran on them too), new
+# empty machines in their place, the cluster restored from the off-site repository (repo2 on mon1) to the end of its
+# archive, as docs/postgres-ha.md's "All database machines lost" runbook says. Registrations run until the machines
+# go: those acknowledged before the last WAL file the archive had are all there again; those after it are the RPO
+# (patroni_pgbackrest_archive_timeout bounds it: 30 s in the lab), counted and reported, not asserted.
+def test_the_loss_of_every_database_machine_is_restored_from_the_off_site_repository(lab):
+    members = list(lab.groups["postgres"])
+    report: dict = {"members": members}
+    load = Load(lab, "dr-loss", workers=2)
+    try:
+        began = time.time()
+        wait_until(lambda: len(load.acks_since(0)) >= 10, 180, "registrations through the VIP before the loss")
+        # Long enough for archive_timeout (30 s) to close at least one WAL file while registrations run.
+        time.sleep(max(0.0, began + 45 - time.time()))
+        leader = lab.patroni_leader()
+        query = "SELECT extract(epoch FROM last_archived_time) || ' ' || last_archived_wal FROM pg_stat_archiver"
+        archived = lab.exec(leader, "su", "postgres", "-c", f'psql -XAt -c "{query}"').split()
+        lost_at = time.time()
+        for host in members:
+            lab.remove(host)
+    finally:
+        load.stop(abandon=True)
+    assert len(archived) == 2, f"pg_stat_archiver on {leader} said nothing archived: {archived}"
+    last_archived = float(archived[0])
+    report.update(last_archived_wal=archived[1], archived_seconds_before_loss=round(lost_at - last_archived, 1))
+
+    # The runbook: stop the writers, new machines, the roles without a cluster start (mlflow_ha_restore_pending),
+    # the restore from the off-site repository, site.yml for the rest, the writers back.
+    for host in lab.groups["mlflow"]:
+        lab.exec(host, "systemctl", "stop", "mlflow")
+    steps = [
+        ("machines", ("play", "dr-loss-create", str(ROOT / "tools" / "lab" / "create.yml"))),
+        ("site_pending", ("converge", "dr-loss-site-pending", "--tags",
+                          "pki,firewall,node_exporter,logs,etcd,patroni,pgbouncer,pgbackrest",
+                          "-e", "mlflow_ha_restore_pending=true")),
+        ("restore", ("play", "dr-loss-restore", str(ROOT / "playbooks" / "dr" / "restore_pgbackrest.yml"),
+                     "-e", json.dumps({"restore_confirm": DR_SCOPE, "restore_repo": 2}))),
+        ("site", ("converge", "dr-loss-site", "--tags", "postgres,pgbackrest")),
+    ]
+    for name, args in steps:
+        started = time.monotonic()
+        done = run_lab(*args)
+        report[f"{name}_seconds"] = round(time.monotonic() - started)
+        assert done.returncode == 0, f"{name} ({args[1]}) failed:\n{tail(done.stdout + done.stderr)}"
+    for host in lab.groups["mlflow"]:
+        lab.exec(host, "systemctl", "start", "mlflow")
+    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the restore")
+
+    verified = load.verify()
+    acks = {e["key"]: e["start"] + e["seconds"] for e in load.events_list() if e["event"] == "ack"}
+    lost = {key: acks[key] for key in verified["lost_keys"]}
+    # Acknowledged well before the archive's last WAL file was in it (the push itself takes a few seconds): it must
+    # be in that file or an earlier one.
+    missing = sorted(key for key, acked in lost.items() if acked < last_archived - 10)
+    report.update(acknowledged=verified["acknowledged"], lost=len(lost), duplicated=verified["duplicated"],
+                  unreadable=verified["unreadable"],
+                  rpo_seconds=round(lost_at - min(lost.values()), 1) if lost else 0.0)
+    (OUTPUT / "dr-loss.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert verified["acknowledged"] >= 10
+    assert not missing, f"registrations acknowledged before the last archived WAL are missing: {missing}"
+    assert verified["duplicated"] == 0, f"registrations duplicated: {verified['duplicates']}"
+    assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
+    final = run_lab("validate")
+    assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"

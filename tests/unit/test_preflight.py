@@ -95,15 +95,18 @@ def test_patroni_checks_the_pgbackrest_settings_when_they_are_on():
         proc.stdout.split())
 
 
-# --- site.yml: the artifact backup is on unless the inventory turns it off -----------------------------------------
+# --- site.yml: backups are on unless the inventory turns them off --------------------------------------------------
 
-def run_site(extra: dict | None = None, with_backup_group: bool = False) -> subprocess.CompletedProcess:
-    """site.yml's first play only (tags: always), on one controller-local host in every tier."""
+def run_site(extra: dict | None = None, with_backup_group: bool = False,
+             pgbackrest: bool | None = False) -> subprocess.CompletedProcess:
+    """site.yml's first play only (tags: always), on one controller-local host in every tier; mlflow_ha_pgbackrest
+    as given (None: not set)."""
     inventories = ["-i", str(PREFLIGHT / "inventory_site.yml")]
     if with_backup_group:
         inventories += ["-i", str(PREFLIGHT / "inventory_site_backup.yml")]
+    chosen = {} if pgbackrest is None else {"mlflow_ha_pgbackrest": pgbackrest}
     cmd = [str(ANSIBLE_PLAYBOOK), *inventories, str(ROOT / "playbooks" / "site.yml"), "--tags", "always",
-           "-e", json.dumps(extra or {})]
+           "-e", json.dumps({**chosen, **(extra or {})})]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
 
@@ -131,3 +134,17 @@ def test_site_refuses_an_artifact_backup_host_without_a_target():
 def test_site_accepts_an_artifact_backup_host_with_a_target():
     proc = run_site({"artifact_backup_target_endpoint": "https://backup.example.net"}, with_backup_group=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_site_refuses_an_inventory_that_says_nothing_about_database_backups():
+    proc = run_site({"mlflow_ha_artifact_backup": False}, pgbackrest=None)
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert "site: nothing would back up the registry's database: set mlflow_ha_pgbackrest to true" in out
+    assert "or to false to run without database backups" in out
+
+
+def test_a_run_before_a_restore_is_refused_with_tags_that_need_the_database():
+    proc = run_site({"mlflow_ha_artifact_backup": False, "mlflow_ha_restore_pending": True})
+    assert proc.returncode != 0
+    assert "site: with mlflow_ha_restore_pending, run only what the restore needs" in " ".join(proc.stdout.split())
