@@ -55,7 +55,10 @@ build() {
 build etcd "$MODULE"
 build etcdctl "$CTL"
 
-reported=$("$tmp/etcd" --version 2>&1 | head -1) || die "etcd: the new binary does not run: $reported"
+# All of its output first, then the first line: `| head -1` under pipefail failed a fresh CI run when etcd wrote its
+# second line after head had exited (SIGPIPE, exit 141).
+reported=$("$tmp/etcd" --version 2>&1) || die "etcd: the new binary does not run: $reported"
+reported=${reported%%$'\n'*}
 [ "$reported" = "etcd Version: ${pin#v}" ] || die "etcd: the binary built from $pin reports '$reported'"
 (cd "$tmp" && sha256sum etcd etcdctl >SHA256SUMS)
 rm -rf "$out"

@@ -70,5 +70,6 @@ install_bin "$tmp/prometheus-alertmanager/usr/bin/amtool" "$amtool"
 
 runs "$promtool" || die "promtool: $promtool does not run ('promtool --version' failed)"
 runs "$amtool" || die "promtool: $amtool does not run ('amtool --version' failed)"
-log "promtool: $("$promtool" --version 2>&1 | head -1) and amtool in $bindir, in $(since "$t0") s"
+version=$("$promtool" --version 2>&1)  # not `| head -1`: under pipefail a late second line is a SIGPIPE failure
+log "promtool: ${version%%$'\n'*} and amtool in $bindir, in $(since "$t0") s"
 echo "$promtool"
