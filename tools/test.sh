@@ -2,8 +2,7 @@
 # `make test`: every phase CI runs, in order, each timed (tools/phase.sh); the table of phases and seconds is
 # printed at the end, also when a phase fails (the run stops at the first failure).
 # The base image, the SeaweedFS and etcd builds and the wheelhouses (minutes of debootstrap, compiling and
-# downloading on a fresh machine, needed only from the molecule phase on) run in the background beside lint, sanity and unit tests; their output goes to
-# tests/output/prepare.log.
+# downloading on a fresh machine, needed only from the molecule phase on) run in the background: below.
 # MLFLOW_HA_PHASES_CONTINUE=1 adds to the record instead of starting a new one (.ci/run times the harness first).
 source "$(dirname "$0")/lib.sh"
 
@@ -12,22 +11,41 @@ phase() { bash "$ROOT/tools/phase.sh" "$@"; }
 trap 'phase report' EXIT
 
 mkdir -p "$ROOT/tests/output"
-phase run "  make image weed etcd wheelhouse (background, beside lint, sanity, unit)" \
-  make --no-print-directory -C "$ROOT" image weed etcd wheelhouse >"$ROOT/tests/output/prepare.log" 2>&1 &
-prepare=$!
+# Background jobs, each its own make call and log (tests/output/prepare-NAME.log): the base image, the etcd and
+# SeaweedFS builds (the build scripts hold a lock per binary: when .ci/run started them already, these wait for
+# those builds instead of repeating them) and the wheelhouses. Each phase waits only for what it needs: molecule for
+# the image and etcd, the lab for the rest. On a fresh machine the SeaweedFS build (~15 min of Go compiling on
+# 2 cores) then runs on beside lint, sanity, unit and molecule instead of holding them up (docs/harness.md).
+declare -A jobs
+background() {  # background NAME TARGET...
+  local name=$1; shift
+  phase run "  make $* (background)" make --no-print-directory -C "$ROOT" "$@" \
+    >"$ROOT/tests/output/prepare-$name.log" 2>&1 &
+  jobs[$name]=$!
+}
+await() {  # await NAME...: wait for those jobs, timed as one phase
+  local t0 name; t0=$(date +%s)
+  for name in "$@"; do
+    if ! wait "${jobs[$name]}"; then
+      tail -40 "$ROOT/tests/output/prepare-$name.log" >&2
+      die "the background make of $name failed (log: tests/output/prepare-$name.log)"
+    fi
+  done
+  phase add "waiting for $*" "$(since "$t0")"
+}
+background image image
+background etcd etcd
+background weed weed
+background wheelhouse wheelhouse
 
 for target in lint sanity unit; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
 done
-t0=$(date +%s)
-if ! wait "$prepare"; then
-  tail -40 "$ROOT/tests/output/prepare.log" >&2
-  die "make image weed etcd wheelhouse failed (log: tests/output/prepare.log)"
-fi
-phase add "waiting for image, weed, etcd and wheelhouse" "$(since "$t0")"
 # The postgres_ha and storage_ha scenarios converge the same stacks as the lab: here their verify playbooks run
-# against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so (docs/harness.md).
+# against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so (docs/harness.md). The
+# scenarios left need the image and etcd only (MOLECULE_NEEDS).
 export MLFLOW_HA_TIER_CHECKS_IN_LAB=1
-for target in molecule e2e; do
-  phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
-done
+await image etcd
+phase run "make molecule" make --no-print-directory -C "$ROOT" molecule MOLECULE_NEEDS=etcd
+await weed wheelhouse
+phase run "make e2e" make --no-print-directory -C "$ROOT" e2e
