@@ -19,6 +19,7 @@ lab that is already up instead of building a fresh one (developers; CI always bu
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -146,6 +148,36 @@ def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
                       f"MLflowServerDown for {victim} resolved in Alertmanager", interval=5)
     print(f"and resolved {took:.0f} s after the restart")
     wait_until(lab.mlflow_whole, 120, "every MLflow server healthy again")
+
+
+
+def test_the_watchdog_reaches_the_dead_mans_switch_receiver(lab, mon):
+    """The watchers are watched: Alertmanager posts the always-firing Watchdog, and no other alert, to the external
+    receiver (alertmanager_deadmans_switch_url; here a listener on the controller's address of the lab network)."""
+    gateway = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())["lab_network"]
+    posts: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append({"path": self.path, "body": json.loads(body or b"{}")})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((gateway["gateway"], 18099), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        took = wait_until(lambda: posts, 180, "a post from Alertmanager at the dead man's switch receiver", interval=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    print(f"Watchdog reached the receiver {took:.0f} s after it listened")
+    names = {alert["labels"].get("alertname") for post in posts for alert in post["body"].get("alerts", [])}
+    assert posts[0]["path"] == "/heartbeat"
+    assert names == {"Watchdog"}, f"the dead man's switch receiver got other alerts too: {names}"
 
 
 # -- Clients --------------------------------------------------------------------------------------------------
