@@ -148,3 +148,12 @@ def test_a_run_before_a_restore_is_refused_with_tags_that_need_the_database():
     proc = run_site({"mlflow_ha_artifact_backup": False, "mlflow_ha_restore_pending": True})
     assert proc.returncode != 0
     assert "site: with mlflow_ha_restore_pending, run only what the restore needs" in " ".join(proc.stdout.split())
+
+
+def test_patroni_refuses_an_etcd_ca_other_than_the_members_one():
+    proc = run("patroni.yml", "patroni_preflight", {
+        "patroni_superuser_password": "x", "patroni_replication_password": "x", "patroni_rewind_password": "x",
+        "patroni_restapi_password": "x", "etcd_ca": "collection"})
+    assert proc.returncode != 0
+    assert "patroni: patroni_etcd_ca is 'etcd' but etcd_ca is 'collection' (pg1), 'collection' (pg2)" in " ".join(
+        proc.stdout.split())
