@@ -16,7 +16,8 @@ if command -v systemctl >/dev/null 2>&1 && [ "$(ps -p 1 -o comm=)" = systemd ]; 
   systemctl start docker
 else
   log "docker engine: starting dockerd (log: /var/log/dockerd.log)"
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # In a session of its own: a Ctrl-C of `make test` (or a killed CI job) must not take the engine and the lab with it.
+  setsid nohup dockerd >/var/log/dockerd.log 2>&1 &
 fi
 for _ in $(seq 1 60); do
   docker info >/dev/null 2>&1 && { log "docker engine: up after $(since "$t0") s"; exit 0; }
