@@ -150,7 +150,6 @@ def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
     wait_until(lab.mlflow_whole, 120, "every MLflow server healthy again")
 
 
-
 def test_the_watchdog_reaches_the_dead_mans_switch_receiver(lab, mon):
     """The watchers are watched: Alertmanager posts the always-firing Watchdog, and no other alert, to the external
     receiver (alertmanager_deadmans_switch_url; here a listener on the controller's address of the lab network)."""
