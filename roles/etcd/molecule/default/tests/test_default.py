@@ -67,6 +67,8 @@ def test_every_member_runs_the_binaries_the_role_installed(host):
     unit = host.run("systemctl show -p ExecStart -p User etcd").stdout
     assert "/usr/local/bin/etcd" in unit and "User=etcd" in unit, unit
     assert host.file("/usr/local/bin/etcdctl").mode == 0o755
+    # etcdutl reads and restores snapshots (3.6's etcdctl cannot): the same version as the server.
+    assert host.run("/usr/local/bin/etcdutl version").stdout.split()[2] == installed
 
 
 def test_three_members_listed(host):

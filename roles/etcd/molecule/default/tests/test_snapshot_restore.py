@@ -1,0 +1,147 @@
+"""Snapshots and the restore, against the running members: the timer's service takes a checked snapshot and writes
+its metrics page, playbooks/dr/backup_etcd.yml fetches one to the controller, and playbooks/dr/restore_etcd.yml
+refuses what it must refuse (no confirmation, a damaged file; --check changes nothing) and then brings the cluster
+back to the snapshot's keyspace: a key written before the snapshot is there again, one written after it is gone.
+
+The playbooks run as a user runs them, with ansible-playbook against the scenario's inventory (molecule hands the
+verifier its inventory and its ansible.cfg in the environment)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["etcd-1"]
+MEMBERS = {"etcd-1": "172.28.78.21", "etcd-2": "172.28.78.22", "etcd-3": "172.28.78.23"}
+TLS = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt --key=/etc/etcd/tls/etcd.key"
+ALL = ",".join(f"https://{ip}:2379" for ip in MEMBERS.values())
+ROOT = Path(os.environ.get("MLFLOW_HA_ROOT") or Path(__file__).resolve().parents[5])
+SERVICE = "mlflow-ha-etcd-snapshot.service"
+PAGE = "/var/lib/prometheus/node-exporter/mlflow_ha_etcd_snapshot.prom"
+STATE = "/var/lib/mlflow-ha-etcd-snapshot/state.json"
+TOKEN = "mlflow-ha-etcd"  # etcd_cluster_token's default: what restore_confirm must name
+DATA_DIR = "/var/lib/etcd/mlflow-ha"
+
+
+def etcdctl(host, args: str, endpoints: str = ALL):
+    return host.run(f"ETCDCTL_API=3 etcdctl {TLS} --endpoints={endpoints} --command-timeout=5s {args}")
+
+
+def value_of(host, key: str) -> str:
+    cmd = etcdctl(host, f"get {key} --print-value-only")
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
+
+
+def healthy(host) -> bool:
+    cmd = etcdctl(host, "endpoint health -w json")
+    return cmd.rc == 0 and len(json.loads(cmd.stdout)) == 3
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(1)
+    pytest.fail(f"{what} did not happen within {timeout} s; last: {last!r}")
+
+
+def page_values(host) -> dict[str, float]:
+    values = {}
+    for line in host.file(PAGE).content_string.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+    """A playbook of the collection, run against this scenario's inventory as a user would."""
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    return subprocess.run([str(binary) if binary.exists() else "ansible-playbook", "-i", inventory,
+                           str(ROOT / "playbooks" / "dr" / name), *args],
+                          capture_output=True, text=True, check=False, timeout=900, env=dict(os.environ))
+
+
+def tail(proc: subprocess.CompletedProcess, lines: int = 60) -> str:
+    return "\n".join((proc.stdout + proc.stderr).splitlines()[-lines:])
+
+
+def is_snapshot(path: Path) -> bool:
+    """etcd's digest at the end of the file matches its content."""
+    data = path.read_bytes()
+    return len(data) % 512 == 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+
+
+def test_a_snapshot_brings_back_the_keyspace_of_its_time(host, tmp_path):
+    wait_for(lambda: healthy(host), 90, "every member healthy before the test")
+    before_key, before = "/molecule/restore/before", str(uuid.uuid4())
+    after_key, after = "/molecule/restore/after", str(uuid.uuid4())
+    assert etcdctl(host, f"put {before_key} {before}").rc == 0
+
+    # The timer's own service on etcd-1: a checked snapshot, and the page says so.
+    started = int(host.run("date +%s").stdout)
+    run = host.run(f"systemctl start {SERVICE}")
+    assert run.rc == 0, host.run(f"journalctl -u {SERVICE} -n 30 --no-pager").stdout
+    values = page_values(host)
+    assert values["mlflow_ha_etcd_snapshot_last_run_success"] == 1
+    assert values["mlflow_ha_etcd_snapshot_last_success_timestamp_seconds"] >= started
+    assert values["mlflow_ha_etcd_snapshot_size_bytes"] > 0 and values["mlflow_ha_etcd_snapshot_kept"] >= 1
+    member_file = json.loads(host.file(STATE).content_string)["last_success"]["file"]
+    assert host.file(member_file).exists and host.file(member_file).mode == 0o600
+
+    # The backup playbook: a snapshot now, fetched to the controller.
+    fetched_dir = tmp_path / "fetched"
+    backup = playbook("backup_etcd.yml", "-e", f"etcd_snapshot_fetch_dir={fetched_dir}")
+    assert backup.returncode == 0, tail(backup)
+    fetched = sorted(fetched_dir.glob("etcd-snapshot-etcd-1-*.db"))
+    assert len(fetched) == 1 and is_snapshot(fetched[0]), list(fetched_dir.iterdir())
+
+    assert etcdctl(host, f"put {after_key} {after}").rc == 0
+
+    # Refusals: no confirmation; a damaged file (one byte changed); --check. None of them changes anything.
+    unconfirmed = playbook("restore_etcd.yml", "-e", f"restore_snapshot={fetched[0]}")
+    said = unconfirmed.stdout + unconfirmed.stderr
+    assert unconfirmed.returncode != 0 and "restore_confirm" in said, tail(unconfirmed)
+    damaged = tmp_path / "damaged.db"
+    data = bytearray(fetched[0].read_bytes())
+    data[100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    refused = playbook("restore_etcd.yml", "-e", f"restore_confirm={TOKEN}", "-e", f"restore_snapshot={damaged}")
+    assert refused.returncode != 0 and "the file is damaged" in refused.stdout + refused.stderr, tail(refused)
+    checked = playbook("restore_etcd.yml", "--check", "-e", f"restore_confirm={TOKEN}",
+                       "-e", f"restore_snapshot={member_file}", "-e", "restore_snapshot_host=etcd-1")
+    assert checked.returncode == 0, tail(checked)
+    assert value_of(host, after_key) == after, "a refused or checked restore changed the keyspace"
+    assert healthy(host)
+
+    # The restore from the timer's snapshot on etcd-1.
+    restored = playbook("restore_etcd.yml", "-e", f"restore_confirm={TOKEN}", "-e", f"restore_snapshot={member_file}",
+                        "-e", "restore_snapshot_host=etcd-1")
+    assert restored.returncode == 0, tail(restored)
+    wait_for(lambda: healthy(host), 60, "every member healthy after the restore")
+    assert value_of(host, before_key) == before, "the key written before the snapshot is not back"
+    assert value_of(host, after_key) == "", "the key written after the snapshot survived the restore"
+    members = json.loads(etcdctl(host, "member list -w json").stdout)["members"]
+    assert sorted(m["name"] for m in members) == sorted(MEMBERS)
+    # Each member's old data directory was moved aside, not deleted.
+    for name in MEMBERS:
+        aside = subprocess.run(["docker", "exec", name, "sh", "-c", f"ls -d {DATA_DIR}.pre-restore-*"],
+                               capture_output=True, text=True, check=False)
+        assert aside.returncode == 0 and aside.stdout.strip(), f"{name}: {aside.stderr}"
+
+    # The restored cluster takes snapshots again.
+    assert host.run(f"systemctl start {SERVICE}").rc == 0
+    assert page_values(host)["mlflow_ha_etcd_snapshot_last_run_success"] == 1
