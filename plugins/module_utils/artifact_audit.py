@@ -587,6 +587,10 @@ class RcloneError(AuditError):
     pass
 
 
+# rclone's exit status for "directory not found" (its documented exit codes).
+RCLONE_DIRECTORY_NOT_FOUND = 3
+
+
 def _tail(text: str, lines: int = 5) -> str:
     kept = [line for line in (text or "").strip().splitlines() if line.strip()]
     return " | ".join(kept[-lines:]) if kept else "no output"
@@ -616,10 +620,11 @@ class Rclone:
             return call(listing)
 
     def lsjson(self, remote: str, paths: Optional[Sequence[str]] = None, server_modtime: bool = True,
-               exclude: Sequence[str] = ()) -> Dict[str, Obj]:
+               exclude: Sequence[str] = (), missing_ok: bool = False) -> Dict[str, Obj]:
         """Every object under ``remote`` (only ``paths`` when given) with its size and time: the upload time with
         ``server_modtime`` (no request per object), else the modification time rclone keeps in the object's metadata
-        (one request per object: only for a few)."""
+        (one request per object: only for a few). With ``missing_ok`` a folder that does not exist (rclone's exit
+        status 3; S3 lists a missing prefix as empty, other backends refuse it) is empty."""
         args = ["lsjson", "-R", "--files-only", "--no-mimetype"] + (["--use-server-modtime"] if server_modtime else [])
         for pattern in exclude:
             args += ["--exclude", pattern]
@@ -633,6 +638,8 @@ class Rclone:
             status, out, err = self._with_list(paths, call)
         else:
             status, out, err = call(None)
+        if status == RCLONE_DIRECTORY_NOT_FOUND and missing_ok:
+            return {}
         if status != 0:
             raise RcloneError("rclone lsjson %s failed (exit %d): %s" % (remote, status, _tail(err)))
         try:
@@ -698,7 +705,8 @@ class Auditor:
         # With an empty prefix the mirror is the whole bucket: its history folder is not part of it.
         exclude = [] if self.store.prefix else ["/%s/**" % history_prefix]
         mirror = self.rclone.lsjson(self.store.remote(target), exclude=exclude)
-        history = self.rclone.lsjson("%s/%s" % (target.rstrip("/"), history_prefix))
+        # No backup run has set anything aside yet: no history folder.
+        history = self.rclone.lsjson("%s/%s" % (target.rstrip("/"), history_prefix), missing_ok=True)
         self.backup = Backup.from_listings(self.store, mirror, history)
         return self.backup
 

@@ -116,9 +116,10 @@ def report_problems(report: dict, model: str, state: list[dict], before: int, de
         problems.append(f"later runs that are not orphans: {sorted(later - orphan_runs)}")
     if earlier & orphan_runs:
         problems.append(f"runs of the restored versions reported as orphans: {sorted(earlier & orphan_runs)}")
+    keys = {e["run_id"]: object_key(e) for e in state if e["version"] > before}
     for group in report.get("orphans", []):
-        if group["id"] in later and not (group["whole_prefix"] and group["objects"] == 1):
-            problems.append(f"a later run's folder should hold its one artifact, all orphan: {group}")
+        if group["id"] in keys and not (group["whole_prefix"] and keys[group["id"]] in group["keys"]):
+            problems.append(f"a later run's folder should be all orphan, its weights included: {group}")
     return problems
 
 

@@ -48,6 +48,8 @@ class FakeRclone:
         self.buckets: dict[str, dict[str, dict]] = {"source:mlflow": {}, "target:mlflow-backup": {}}
         self.calls: list[list[str]] = []
         self.fail: dict[str, tuple[int, str]] = {}
+        # Folders rclone says do not exist (exit 3), as backends with real directories do.
+        self.missing: set[str] = set()
         self.lose_copies = False
 
     def put(self, remote: str, key: str, data: bytes, server: float, kept: float | None = None) -> None:
@@ -74,6 +76,8 @@ class FakeRclone:
         if command in self.fail:
             status, err = self.fail[command]
             return status, "", err
+        if args[-1] in self.missing:
+            return 3, "", "ERROR : : error listing: directory not found\n"
         files = None
         if "--files-from-raw" in args:
             files = Path(args[args.index("--files-from-raw") + 1]).read_text().splitlines()
@@ -258,6 +262,19 @@ def test_a_failed_listing_is_an_error_that_names_the_remote():
     fake, rows = drill()
     fake.fail["lsjson"] = (3, "Failed to lsjson: directory not found\n")
     with pytest.raises(aa.RcloneError, match=r"rclone lsjson source:mlflow/artifacts failed \(exit 3\): Failed"):
+        aa.report(params(rows), fake)
+
+
+def test_a_backup_without_a_history_folder_yet_is_read_but_a_missing_bucket_is_an_error():
+    fake, rows = drill()
+    fake.missing.add("target:mlflow-backup/_history")
+    facts = aa.report(params(rows), fake)
+    assert [r["origin"] for r in facts["restorable"]] == ["mirror"]
+    fake.missing.add("target:mlflow-backup/artifacts")
+    with pytest.raises(aa.RcloneError, match=r"rclone lsjson target:mlflow-backup/artifacts failed \(exit 3\)"):
+        aa.report(params(rows), fake)
+    fake.missing.add("source:mlflow/artifacts")
+    with pytest.raises(aa.RcloneError, match=r"rclone lsjson source:mlflow/artifacts failed \(exit 3\)"):
         aa.report(params(rows), fake)
 
 
