@@ -3,13 +3,15 @@ versions with random artifacts, delete the registered model (the operator's erro
 versions exist and that their artifacts read back byte for byte, the way users read them (models:/ URIs).
 
   dr_client.py register MODEL COUNT STATE   COUNT new versions, each a run with a 256 KiB artifact; appends
-                                            {version, run_id, sha256, acked} per version to the JSON list in STATE
+                                            {version, run_id, artifact_uri, sha256, acked} per version to the JSON
+                                            list in STATE
   dr_client.py delete MODEL                 delete the registered model (its rows; artifacts stay)
   dr_client.py check MODEL STATE            print JSON: the versions the registry has, and per version of STATE
                                             whether it exists and its artifact matches
 
 Tracking URI, CA file and login come from the environment (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_SERVER_CERT_PATH,
-MLFLOW_TRACKING_USERNAME/PASSWORD), as docs/clients.md sets them.
+MLFLOW_TRACKING_USERNAME/PASSWORD), as docs/clients.md sets them. The artifact step around the restore (the report of
+missing and orphaned artifacts, the targeted restore from the artifact backup) is in dr_artifacts.py.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def register(model: str, count: int, state: Path) -> None:
                 mlflow.log_artifact(str(Path(scratch, "weights.bin")), artifact_path="model")
             version = client.create_model_version(model, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
             done.append({"version": int(version.version), "run_id": run.info.run_id,
-                         "sha256": hashlib.sha256(weights).hexdigest(), "acked": time.time()})
+                         "artifact_uri": run.info.artifact_uri, "sha256": hashlib.sha256(weights).hexdigest(),
+                         "acked": time.time()})
             state.write_text(json.dumps(done))
 
 
