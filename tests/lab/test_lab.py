@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dr_artifacts
 from dashboards import all_queries, check_queries
 from labctl import (
     OUTPUT,
@@ -641,6 +642,8 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
 # must give back exactly the first DR_BEFORE versions, their artifacts byte for byte through models:/ URIs.
 
 DR_BEFORE, DR_AFTER = 5, 3
+# The version whose artifact object is deleted from the bucket after the artifact backup ran.
+DR_LOST_ARTIFACT = 3
 DR_SCOPE = "mlflow-ha"
 
 
@@ -657,6 +660,12 @@ def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     report: dict = {"model": model}
     made = dr_client(lab, "register", model, str(DR_BEFORE), str(state))
     assert made.returncode == 0, f"registering the first versions failed:\n{tail(made.stdout + made.stderr)}"
+    # The artifact backup runs, then one of those versions loses its artifact (an operator's mistake in the bucket):
+    # after the restore the report must name it, and the targeted restore must bring it back from the backup.
+    backup = run_lab("play", "dr-artifact-backup", str(ROOT / "playbooks" / "dr" / "backup_artifacts.yml"))
+    assert backup.returncode == 0, f"the artifact backup failed:\n{tail(backup.stdout + backup.stderr)}"
+    lost_entry = next(e for e in json.loads(state.read_text()) if e["version"] == DR_LOST_ARTIFACT)
+    lab.exec(dr_artifacts.BACKUP_HOST, *dr_artifacts.delete_object_argv(dr_artifacts.object_key(lost_entry)))
     # T: a whole second after the last acknowledged version, and a second before the next one starts.
     target = int(max(entry["acked"] for entry in json.loads(state.read_text()))) + 2
     time.sleep(max(0.0, target + 1 - time.time()))
@@ -689,6 +698,25 @@ def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     for host in lab.groups["mlflow"]:
         lab.exec(host, "systemctl", "start", "mlflow")
     wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the restore")
+
+    # Artifacts and rows together: the report (versions without artifacts, objects without rows), then the restore
+    # of exactly the artifacts the rows name, from the artifact backup.
+    entries = json.loads(state.read_text())
+    report_file, restore_file = OUTPUT / "dr.artifact-report.json", OUTPUT / "dr.artifact-restore.json"
+    started = time.monotonic()
+    audit = run_lab("play", "dr-artifact-report", *dr_artifacts.report_args(target_text, report_file))
+    report["artifact_report_seconds"] = round(time.monotonic() - started)
+    assert audit.returncode == 0, f"the artifact report failed:\n{tail(audit.stdout + audit.stderr)}"
+    audited = json.loads(report_file.read_text())
+    report["artifact_report_counts"] = audited.get("counts")
+    problems = dr_artifacts.report_problems(audited, model, entries, DR_BEFORE, DR_LOST_ARTIFACT)
+    assert problems == [], problems
+    started = time.monotonic()
+    put_back = run_lab("play", "dr-artifact-restore", *dr_artifacts.restore_args(target_text, restore_file))
+    report["artifact_restore_seconds"] = round(time.monotonic() - started)
+    assert put_back.returncode == 0, f"the artifact restore failed:\n{tail(put_back.stdout + put_back.stderr)}"
+    problems = dr_artifacts.restore_problems(json.loads(restore_file.read_text()), model, entries, DR_LOST_ARTIFACT)
+    assert problems == [], problems
 
     checked = dr_client(lab, "check", model, str(state))
     assert checked.returncode == 0, f"reading the restored model failed:\n{tail(checked.stdout + checked.stderr)}"
