@@ -639,7 +639,10 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
 # Last, because it rolls the registry back: docs/postgres-ha.md's restore runbook followed step by step after an
 # operator's error. Registered: DR_BEFORE versions, then the time T, then DR_AFTER more, then the registered model
 # deleted. A point-in-time restore to T (playbooks/dr/restore_pgbackrest.yml, from the cluster's own repository)
-# must give back exactly the first DR_BEFORE versions, their artifacts byte for byte through models:/ URIs.
+# must give back exactly the first DR_BEFORE versions, their artifacts byte for byte through models:/ URIs. Between the
+# first versions and T the artifact backup runs and one version's object is deleted from the bucket: after the
+# restore, playbooks/dr/artifact_report.yml must name that version (and the later versions' runs as orphans) and
+# playbooks/dr/restore_missing_artifacts.yml must bring the object back from the backup (tests/lab/dr_artifacts.py).
 
 DR_BEFORE, DR_AFTER = 5, 3
 # The version whose artifact object is deleted from the bucket after the artifact backup ran.
