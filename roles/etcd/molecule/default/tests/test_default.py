@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 
-import pytest
+from etcd_scenario import ALL, MEMBERS, TLS, etcdctl, wait_for
 
 testinfra_hosts = ["etcd-1"]
-MEMBERS = {"etcd-1": "172.28.78.21", "etcd-2": "172.28.78.22", "etcd-3": "172.28.78.23"}
-TLS = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt --key=/etc/etcd/tls/etcd.key"
-ALL = ",".join(f"https://{ip}:2379" for ip in MEMBERS.values())
-
-
-def etcdctl(host, args: str, endpoints: str = ALL):
-    return host.run(f"ETCDCTL_API=3 etcdctl {TLS} --endpoints={endpoints} --command-timeout=5s {args}")
 
 
 def status(host, endpoints: str = ALL) -> list[dict]:
@@ -38,17 +30,6 @@ def leader_of(entries: list) -> str | None:
 
 def leader_name(host, endpoints: str = ALL) -> str | None:
     return leader_of(status(host, endpoints))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    pytest.fail(f"{what} did not happen within {timeout} s; last: {last!r}")
 
 
 def test_every_member_healthy(host):

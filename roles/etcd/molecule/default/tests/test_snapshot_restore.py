@@ -13,26 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import pytest
+from etcd_scenario import MEMBERS, etcdctl, wait_for
 
 testinfra_hosts = ["etcd-1"]
-MEMBERS = {"etcd-1": "172.28.78.21", "etcd-2": "172.28.78.22", "etcd-3": "172.28.78.23"}
-TLS = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt --key=/etc/etcd/tls/etcd.key"
-ALL = ",".join(f"https://{ip}:2379" for ip in MEMBERS.values())
 ROOT = Path(os.environ.get("MLFLOW_HA_ROOT") or Path(__file__).resolve().parents[5])
 SERVICE = "mlflow-ha-etcd-snapshot.service"
 PAGE = "/var/lib/prometheus/node-exporter/mlflow_ha_etcd_snapshot.prom"
 STATE = "/var/lib/mlflow-ha-etcd-snapshot/state.json"
 TOKEN = "mlflow-ha-etcd"  # etcd_cluster_token's default: what restore_confirm must name
 DATA_DIR = "/var/lib/etcd/mlflow-ha"
-
-
-def etcdctl(host, args: str, endpoints: str = ALL):
-    return host.run(f"ETCDCTL_API=3 etcdctl {TLS} --endpoints={endpoints} --command-timeout=5s {args}")
 
 
 def value_of(host, key: str) -> str:
@@ -44,17 +36,6 @@ def value_of(host, key: str) -> str:
 def healthy(host) -> bool:
     cmd = etcdctl(host, "endpoint health -w json")
     return cmd.rc == 0 and len(json.loads(cmd.stdout)) == 3
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    pytest.fail(f"{what} did not happen within {timeout} s; last: {last!r}")
 
 
 def page_values(host) -> dict[str, float]:
