@@ -636,7 +636,6 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
     assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
 
 
-
 def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
     """docs/postgres-ha.md's "Restoring etcd from a snapshot" on the lab: a snapshot fetched to the controller
     (playbooks/dr/backup_etcd.yml), a version registered after it, the etcd cluster restored from it
