@@ -6,7 +6,15 @@ Environment: MLFLOW_HA_CLIENT_PYTHON (the Makefile sets it), BENCH_SECONDS (stea
 BENCH_WORKERS (default 4), BENCH_FAULTS (1 to inject faults after the steady phase, the default; 0 skips),
 BENCH_ONLY (only the faults whose "<kind> <what>" contains one of its comma-separated parts, e.g. "freeze,cut"
 for the gray faults), BENCH_REPEAT (run the chosen faults that many times, default 1: a rare loss needs many
-tries)."""
+tries).
+
+Side by side (issue 16): before the faults, the same load runs against the lab (HTTPS VIP, login, HA) and against a
+single-server baseline on the lab's network (tools/bench/baseline.yml: one MLflow of the same version and worker
+count, PostgreSQL, one SeaweedFS; no replication, no load balancer, no TLS, no login), for each client count of
+BENCH_SWEEP (default "1,4,16,32"), BENCH_PHASE_SECONDS each (default 45, the first BENCH_WARMUP seconds of each not
+counted, default 5), BENCH_ROUNDS times (default 2; the order of the two flips every round so both see the same
+machine noise). Reported per client count: registrations/s and p50/p90/p99 for each, the ratios HA/baseline, and
+the processes that used the most CPU during the phase (per machine, from /proc). BENCH_BASELINE=0 skips it."""
 
 from __future__ import annotations
 
@@ -16,12 +24,135 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labctl import ROOT, Lab, Load, percentile, run_faults, run_lab, summarize, tail
 
 OUT = ROOT / "tests" / "output" / "bench"
 PLOT = Path(__file__).resolve().parent / "plot_latency.py"
+
+
+BASELINE_PLAYBOOK = ROOT / "tools" / "bench" / "baseline.yml"
+
+
+def baseline_address() -> str:
+    return yaml.safe_load((ROOT / "tools" / "bench" / "vars.yml").read_text())["bench_baseline_address"]
+
+
+def cpu_ticks() -> dict[int, tuple[int, str]]:
+    """Every process's CPU ticks so far and a label "<machine>/<command>" (the machine from the process's own
+    /etc/hostname: the lab's systemd containers put their processes outside the container's cgroup, so docker
+    stats cannot attribute them)."""
+    ticks: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+            fields = rest.split()
+            comm = head.partition("(")[2]
+            try:
+                host = (entry / "root" / "etc" / "hostname").read_text().strip()
+            except OSError:
+                host = "?"
+            ticks[int(entry.name)] = (int(fields[11]) + int(fields[12]), f"{host}/{comm}")
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks
+
+
+def busiest(before: dict[int, tuple[int, str]], after: dict[int, tuple[int, str]], seconds: float,
+            top: int = 6) -> list[dict]:
+    """The labels that used the most CPU between two cpu_ticks(), in % of one core (2 cores: 200 % at most)."""
+    used: dict[str, int] = {}
+    for pid, (ticks, label) in after.items():
+        used[label] = used.get(label, 0) + ticks - (before.get(pid, (0, label))[0] if pid in before else 0)
+    hz = os.sysconf("SC_CLK_TCK")
+    rows = [{"process": label, "cpu_percent": round(100 * t / hz / max(seconds, 0.1), 1)} for label, t in used.items()]
+    return sorted(rows, key=lambda r: -r["cpu_percent"])[:top]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (the load generator: is the client the bottleneck?)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def phase(lab: Lab, target: str, workers: int, seconds: float, warmup: float, stamp: str, uri: str,
+          env: dict) -> dict:
+    """One load phase against one registry: registrations that started after the warm-up and ended in the phase."""
+    load = Load(lab, f"bench-{stamp}-{target}-c{workers}-{int(time.time())}", workers=workers, out=OUT,
+                tracking_uri=uri, client_env=env)
+    cpu0 = process_cpu_seconds(load.proc.pid)
+    time.sleep(warmup)
+    t0 = time.time()
+    ticks0 = cpu_ticks()
+    time.sleep(seconds)
+    t1 = time.time()
+    hot = busiest(ticks0, cpu_ticks(), t1 - t0)
+    load_cpu = process_cpu_seconds(load.proc.pid) - cpu0
+    load.stop(abandon=True)
+    events = load.events_list()
+    acks = [e for e in events if e["event"] == "ack" and e["start"] >= t0 and e["start"] + e["seconds"] <= t1]
+    return {"target": target, "workers": workers, "seconds": round(t1 - t0, 1), "registrations": len(acks),
+            "failed_calls": sum(1 for e in events if e["event"] == "fail" and t0 <= e["t"] <= t1),
+            "latencies": [e["seconds"] for e in acks], "busiest": hot,
+            "load_generator_cpu_percent": round(100 * load_cpu / max(1.0, t1 - t0 + warmup), 1)}
+
+
+def side_by_side(lab: Lab, stamp: str) -> dict:
+    """The same load against the lab and the baseline, alternating, per client count; ratios HA/baseline."""
+    made = run_lab("play", "bench-baseline", str(BASELINE_PLAYBOOK))
+    if made.returncode != 0:
+        raise RuntimeError(f"the baseline failed:\n{tail(made.stdout + made.stderr)}")
+    sweep = [int(c) for c in os.environ.get("BENCH_SWEEP", "1,4,16,32").split(",") if c.strip()]
+    seconds = float(os.environ.get("BENCH_PHASE_SECONDS", "45"))
+    warmup = float(os.environ.get("BENCH_WARMUP", "5"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    targets = {"ha": (lab.api_url, lab.client_env()), "baseline": (f"http://{baseline_address()}:5000", {})}
+    phases: list[dict] = []
+    for r in range(rounds):
+        for workers in sweep:
+            order = ["ha", "baseline"] if (r + sweep.index(workers)) % 2 == 0 else ["baseline", "ha"]
+            for target in order:
+                uri, env = targets[target]
+                phases.append(phase(lab, target, workers, seconds, warmup, stamp, uri, env))
+                done = phases[-1]
+                print(f"bench: {target} {workers} clients: {done['registrations']} registrations in "
+                      f"{done['seconds']} s", flush=True)
+    table = []
+    for workers in sweep:
+        row: dict = {"workers": workers}
+        for target in targets:
+            mine = [p for p in phases if p["target"] == target and p["workers"] == workers]
+            latencies = [x for p in mine for x in p["latencies"]]
+            total = sum(p["seconds"] for p in mine)
+            row[target] = {
+                "registrations": len(latencies),
+                "registrations_per_second": round(len(latencies) / max(1.0, total), 2),
+                "failed_calls": sum(p["failed_calls"] for p in mine),
+                "latency_seconds": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
+                "busiest": [p["busiest"] for p in mine],
+                "load_generator_cpu_percent": [p["load_generator_cpu_percent"] for p in mine],
+            }
+        ha, base = row["ha"], row["baseline"]
+        row["ratio_ha_to_baseline"] = {
+            "throughput": ratio(ha["registrations_per_second"], base["registrations_per_second"]),
+            **{q: ratio(ha["latency_seconds"][q], base["latency_seconds"][q]) for q in ("p50", "p90", "p99")},
+        }
+        table.append(row)
+    return {"phase_seconds": seconds, "warmup_seconds": warmup, "rounds": rounds, "sweep": table,
+            "baseline": {"address": baseline_address(), "tls": False, "login": False, "replication": False}}
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 2) if a is not None and b else None
 
 
 def main() -> int:
@@ -34,6 +165,7 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "120"))
     workers = int(os.environ.get("BENCH_WORKERS", "4"))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    compared = side_by_side(lab, stamp) if os.environ.get("BENCH_BASELINE", "1") == "1" else None
     load = Load(lab, f"bench-{stamp}", workers=workers, out=OUT)
     faults: list[dict] = []
     try:
@@ -58,6 +190,7 @@ def main() -> int:
             "failed_calls": sum(1 for e in steady_calls if e["event"] == "fail"),
             "latency_seconds": {f"p{p}": percentile([e["seconds"] for e in steady], p) for p in (50, 90, 99)},
         },
+        "side_by_side": compared,
         "faults": faults,
         "totals": summarize(events, load.verify()),
     }

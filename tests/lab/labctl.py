@@ -375,8 +375,13 @@ class Load:
     """The registration load (official MLflow client, several workers) in its own process and Python
     (MLFLOW_HA_CLIENT_PYTHON: the venv tools/mlflow-venv.sh makes)."""
 
-    def __init__(self, lab: Lab, name: str, workers: int = 4, out: Path = OUTPUT):
+    def __init__(self, lab: Lab, name: str, workers: int = 4, out: Path = OUTPUT, tracking_uri: Optional[str] = None,
+                 client_env: Optional[dict[str, str]] = None):
+        """tracking_uri and client_env: another registry than the lab's VIP (make bench's single-server baseline);
+        by default the lab's HTTPS VIP with its CA and login."""
         out.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri or lab.api_url
+        self.client_env = lab.client_env() if client_env is None else client_env
         self.events = out / f"{name}.events.jsonl"
         self.stop_file = out / f"{name}.stop"
         self.verify_out = out / f"{name}.verify.json"
@@ -387,9 +392,9 @@ class Load:
         self.python = os.environ["MLFLOW_HA_CLIENT_PYTHON"]
         self.log = (out / f"{name}.load.log").open("w")
         self.proc = subprocess.Popen(
-            [self.python, str(LOAD_SCRIPT), "run", "--tracking-uri", lab.api_url, "--events", str(self.events),
+            [self.python, str(LOAD_SCRIPT), "run", "--tracking-uri", self.tracking_uri, "--events", str(self.events),
              "--stop-file", str(self.stop_file), "--workers", str(workers), "--prefix", f"lab-{name}"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **lab.client_env()))
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **self.client_env))
 
     def events_list(self) -> list[dict]:
         return read_events(self.events)
@@ -411,9 +416,9 @@ class Load:
         self.log.close()
 
     def verify(self) -> dict:
-        out = subprocess.run([self.python, str(LOAD_SCRIPT), "verify", "--tracking-uri", self.lab.api_url,
+        out = subprocess.run([self.python, str(LOAD_SCRIPT), "verify", "--tracking-uri", self.tracking_uri,
                               "--events", str(self.events), "--out", str(self.verify_out)],
-                             capture_output=True, text=True, check=False, env=dict(os.environ, **self.lab.client_env()))
+                             capture_output=True, text=True, check=False, env=dict(os.environ, **self.client_env))
         if not self.verify_out.exists():
             raise RuntimeError(f"verify wrote no result:\n{tail(out.stdout + out.stderr)}")
         return json.loads(self.verify_out.read_text())
