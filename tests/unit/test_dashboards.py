@@ -203,7 +203,7 @@ def test_known_metric_sources_are_parsed():
     assert {"up", "patroni_primary", "haproxy_server_status", "node_filesystem_avail_bytes"} <= raw
     assert {"mlflow_probe_registration_duration_seconds_bucket", "mlflow_probe_up"} <= raw
     assert "mlflow_ha_vip_master" in raw
-    assert {"pg_up", "haproxy_backend_http_requests_total", "SeaweedFS_s3_request_total"} <= raw
+    assert {"pg_exporter_last_scrape_error", "haproxy_backend_http_requests_total", "SeaweedFS_s3_request_total"} <= raw
     assert "patroni_postgres_streaming" in denied and "patroni_postgres_streaming" not in raw
     assert "scope" not in raw
 
