@@ -88,18 +88,22 @@ def explain(engine: Any, statements: Sequence[tuple]) -> List[Dict[str, Any]]:
 
 
 def plan_facts(plans: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """From EXPLAIN ANALYZE plans (pure): the statements' summed execution time in the server, and how each one
-    read the tag tables (the plan lines naming model_version_tags or tags, without their costs)."""
+    """From EXPLAIN ANALYZE plans (pure): the statements' summed execution time in the server, the 8 kB pages they
+    touched (shared buffers hit or read: the same on a busy machine as on an idle one), and how each read the tag
+    tables (the plan lines naming model_version_tags or tags, without their costs)."""
     sql_ms = 0.0
+    pages = 0
     tag_reads: List[str] = []
     for plan in plans:
+        top = next((line for line in plan["plan"] if line.strip().startswith("Buffers:")), "")
+        pages += sum(int(n) for n in re.findall(r"(?:hit|read)=(\d+)", top))  # the top node's count is cumulative
         for line in plan["plan"]:
             text = line.strip().lstrip("-> ").strip()
             if text.startswith("Execution Time:"):
                 sql_ms += float(text.split(":")[1].split()[0])
             elif "Scan" in text and re.search(r" on (model_version_tags|tags)\b", text):
                 tag_reads.append(re.sub(r"\s+\(cost=.*$", "", text))
-    return {"sql_ms": round(sql_ms, 3), "tag_reads": tag_reads}
+    return {"sql_ms": round(sql_ms, 3), "pages": pages, "tag_reads": tag_reads}
 
 
 def with_store(args: argparse.Namespace, uri: str) -> Dict[str, Any]:

@@ -88,3 +88,16 @@ def test_the_searches_are_written_as_the_clients_write_them():
 def test_summary_in_milliseconds():
     assert queries.summary([5.0, 1.0, 3.0, 2.0, 4.0]) == {"n": 5, "min": 1.0, "p50": 3.0, "p90": 5.0, "max": 5.0,
                                                           "mean": 3.0}
+
+
+def test_plan_facts_sum_the_server_time_and_pages_and_name_the_tag_reads():
+    plans = [{"plan": ["Limit  (cost=1..2 rows=1 width=8) (actual time=0.1..0.2 rows=1 loops=1)",
+                       "  Buffers: shared hit=120 read=4",
+                       "  ->  Seq Scan on model_version_tags  (cost=0.00..324.00 rows=1 width=18)",
+                       "        Buffers: shared hit=100",
+                       "Planning Time: 0.2 ms", "Execution Time: 1.5 ms"]},
+             {"plan": ["Index Scan using mlflow_ha_run_tags_idempotency_v1 on tags  (cost=0.00..8.02 rows=1)",
+                       "  Buffers: shared hit=3", "Execution Time: 0.25 ms"]}]
+    assert queries.plan_facts(plans) == {
+        "sql_ms": 1.75, "pages": 127,
+        "tag_reads": ["Seq Scan on model_version_tags", "Index Scan using mlflow_ha_run_tags_idempotency_v1 on tags"]}

@@ -225,6 +225,8 @@ def ensure_indexes(uri: str, apply: bool, seconds: float, wanted: Sequence[Index
 
     engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")  # CONCURRENTLY refuses a transaction
     try:
+        if engine.dialect.name != "postgresql":  # the definitions are PostgreSQL's (hash, CONCURRENTLY)
+            return []
         with engine.connect() as connection:
             rows = connection.exec_driver_sql(
                 "SELECT c.relname, i.indisvalid, i.indrelid::regclass::text FROM pg_index i "
