@@ -2,8 +2,8 @@
 registry's searches behave with its size (docs/performance.md). Never point it at a registry users rely on: the rows
 it writes are real versions and runs to MLflow.
 
-    .venv-with-psycopg2/bin/python tools/registry_seed.py --model bench --versions 10000 < uri-file
-    python tools/registry_seed.py --uri-file /path/to/uri --model bench --versions 50000
+    .cache/mlflow-venv/bin/python tools/registry_seed.py --model bench --versions 10000 < uri-file
+    .cache/mlflow-venv/bin/python tools/registry_seed.py --uri-file /path/to/uri --model bench --versions 50000
 
 The tracking store's URI (SQLAlchemy form, e.g. postgresql+psycopg2://mlflow:<password>@host:5432/mlflow) is read
 from --uri-file or stdin, never from the command line. The schema must exist (`mlflow db upgrade`). Each version gets
