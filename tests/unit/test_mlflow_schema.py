@@ -6,6 +6,7 @@ are fakes here; the file was run against SQLite and PostgreSQL 15 with MLflow 3.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,119 @@ def test_the_backup_comes_before_the_migration_that_follows_it():
     record = next(i for i, text in enumerate(names) if "mlflow_pre_migration_backup_log" in text)
     assert backup < record < migrate
     assert steps[migrate]["no_log"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The collection's indexes (docs/performance.md)
+
+
+def index(name, table="model_version_tags"):
+    return schema.Index(name, table, "hash", ("mlflow_ha.idempotency_key", "idempotency_key"))
+
+
+def test_each_index_is_partial_on_the_idempotency_tags_and_built_concurrently():
+    assert [i.name for i in schema.INDEXES] == ["mlflow_ha_model_version_tags_idempotency_v1",
+                                                "mlflow_ha_run_tags_idempotency_v1"]
+    assert {i.table for i in schema.INDEXES} == {"model_version_tags", "tags"}
+    assert all(i.name.startswith(schema.INDEX_PREFIX) and len(i.name) <= 63 for i in schema.INDEXES)
+    assert schema.INDEXES[0].create_sql() == (
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS mlflow_ha_model_version_tags_idempotency_v1 ON model_version_tags "
+        "USING hash (value) WHERE key IN ('mlflow_ha.idempotency_key', 'idempotency_key')")
+
+
+def test_missing_indexes_are_created_and_valid_ones_left_alone():
+    wanted = [index("mlflow_ha_a_v1"), index("mlflow_ha_b_v1", "tags")]
+    assert schema.plan_indexes({}, wanted) == [("mlflow_ha_a_v1", "created", wanted[0]),
+                                               ("mlflow_ha_b_v1", "created", wanted[1])]
+    assert schema.plan_indexes({"mlflow_ha_a_v1": True, "mlflow_ha_b_v1": True}, wanted) == [
+        ("mlflow_ha_a_v1", "present", None), ("mlflow_ha_b_v1", "present", None)]
+
+
+def test_an_invalid_index_left_by_a_cancelled_build_is_built_again():
+    wanted = [index("mlflow_ha_a_v1")]
+    assert schema.plan_indexes({"mlflow_ha_a_v1": False}, wanted) == [("mlflow_ha_a_v1", "rebuilt", wanted[0])]
+
+
+def test_an_index_of_ours_no_longer_defined_is_dropped_first():
+    wanted = [index("mlflow_ha_a_v2")]
+    assert schema.plan_indexes({"mlflow_ha_a_v1": True}, wanted) == [
+        ("mlflow_ha_a_v1", "dropped", None), ("mlflow_ha_a_v2", "created", wanted[0])]
+
+
+class FakeIndexes:
+    def __init__(self, states):
+        self.states = states
+        self.calls = []
+
+    def __call__(self, uri, apply, seconds):
+        self.calls.append((uri, apply, seconds))
+        return [{"name": name, "table": "t", "state": state} for name, state in self.states]
+
+
+def test_indexes_follow_the_migration_and_only_what_changed_is_reported_changed():
+    database = FakeDatabase(tracking=state("tracking", "h1"), auth=state("auth", "h2"))
+    indexes = FakeIndexes([("mlflow_ha_a_v1", "created"), ("mlflow_ha_b_v1", "present")])
+    report = schema.run("migrate", TRACKING_URI + "\n" + AUTH_URI, "3.17.2", database.probe, database.migrate,
+                        index_seconds=300, indexes=indexes)
+    assert database.migrated == [("tracking", TRACKING_URI)]
+    assert indexes.calls == [(TRACKING_URI, True, 300)]
+    assert report["indexes_changed"] == ["mlflow_ha_a_v1"] and len(report["indexes"]) == 2
+
+
+def test_no_index_is_touched_without_the_option_or_before_the_backup():
+    for index_seconds, mode, current in ((None, "migrate", "h1"), (300, "migrate-unless-backup", "h1")):
+        database = FakeDatabase(tracking=state("tracking", current))
+        indexes = FakeIndexes([("mlflow_ha_a_v1", "created")])
+        report = schema.run(mode, TRACKING_URI, "3.17.2", database.probe, database.migrate,
+                            index_seconds=index_seconds, indexes=indexes)
+        assert indexes.calls == [] and report["indexes"] == [] and report["indexes_changed"] == []
+
+
+def test_check_only_looks_at_the_indexes():
+    database = FakeDatabase(tracking=state("tracking", "h2"))
+    indexes = FakeIndexes([("mlflow_ha_a_v1", "missing")])
+    report = schema.run("check", TRACKING_URI, "3.17.2", database.probe, database.migrate, index_seconds=60,
+                        indexes=indexes)
+    assert indexes.calls == [(TRACKING_URI, False, 60)] and report["indexes_changed"] == []
+    assert schema.CHECK_STATES == {"created": "missing", "rebuilt": "invalid", "dropped": "stale",
+                                   "present": "present"}
+
+
+@pytest.mark.parametrize(("argv", "parsed"), [
+    (["migrate"], ("migrate", None)), (["migrate", "--indexes", "300"], ("migrate", 300.0)),
+    (["check", "--indexes", "0.5"], ("check", 0.5)), (["migrate", "--indexes", "0"], None),
+    (["migrate", "--indexes", "soon"], None), (["migrate", "--index", "300"], None), (["migrate", "300"], None),
+    (["upgrade", "--indexes", "300"], None)])
+def test_the_arguments_are_a_mode_and_optionally_the_index_deadline(argv, parsed):
+    assert schema.parse_args(argv) == parsed
+
+
+class FakeConnection:
+    def __init__(self):
+        self.cancels = 0
+
+    def cancel(self):
+        self.cancels += 1
+
+
+def test_the_deadline_cancels_only_a_statement_still_running():
+    connection = FakeConnection()
+    with schema.Deadline(connection, 0.01) as deadline:
+        time.sleep(0.2)
+    assert deadline.fired and connection.cancels == 1
+    with schema.Deadline(connection, 0.01) as deadline:
+        pass
+    time.sleep(0.05)
+    assert not deadline.fired and connection.cancels == 1
+
+
+def test_both_migration_tasks_pass_the_index_switch_and_report_index_changes():
+    variables = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert defaults["mlflow_db_indexes"] is True and defaults["mlflow_db_index_timeout"] > 0
+    assert "'--indexes', mlflow_db_index_timeout" in variables["_mlflow_schema_index_args"]
+    assert "indexes_changed" in variables["_mlflow_schema_changed"]
+    for name in ("run.yml", "backup_before_migration.yml"):
+        task = next(t for t in tasks(name) if "_mlflow_schema_program" in json.dumps(t))
+        assert "_mlflow_schema_index_args" in task["ansible.builtin.command"]["argv"]
+        assert "_mlflow_schema_changed" in task["changed_when"]
