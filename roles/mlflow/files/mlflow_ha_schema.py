@@ -11,7 +11,8 @@ on. No password is in an argument or in the environment. Arguments: MODE [--inde
                          database up and then runs `migrate`.
 With --indexes SECONDS, once the tracking schema is at its head, the collection's own indexes (INDEXES: named
 mlflow_ha_*, unknown to MLflow's migrations) are created when missing, built again when a cancelled build left them
-invalid, and mlflow_ha_* indexes this file no longer defines are dropped; each statement CONCURRENTLY (writers go on)
+invalid, and indexes named like them (MANAGED_NAME, on the same tables, backing no constraint) that this file no
+longer defines are dropped; each statement CONCURRENTLY (writers go on)
 and cancelled when it runs longer than SECONDS (a failure). In `check` mode they are only looked at.
 The last line on stdout is the report, JSON:
   {"mlflow_version", "schemas": [{"schema", "current", "head", "pending", "empty"}], "pending": [names],
@@ -72,6 +73,11 @@ class Index:
 # A new definition gets a new name (_v2, ...): the old index is then dropped as stale.
 IDEMPOTENCY_TAGS = ("mlflow_ha.idempotency_key", "idempotency_key")
 INDEX_PREFIX = "mlflow_ha_"
+# Which indexes are this file's to create and drop: named mlflow_ha_<...>_v<N>, on the tables it indexes, and backing
+# no constraint. Other mlflow_ha_* relations in the database (the marker tables of the pg_replication_check and
+# pg_write_probe modules, with their primary keys) are never touched.
+MANAGED_NAME = r"^mlflow_ha_.*_v[0-9]+$"
+MANAGED_TABLES = {"model_version_tags", "tags"}
 INDEXES = (
     Index("mlflow_ha_model_version_tags_idempotency_v1", "model_version_tags", "hash", IDEMPOTENCY_TAGS),
     Index("mlflow_ha_run_tags_idempotency_v1", "tags", "hash", IDEMPOTENCY_TAGS),
@@ -231,7 +237,11 @@ def ensure_indexes(uri: str, apply: bool, seconds: float, wanted: Sequence[Index
             rows = connection.exec_driver_sql(
                 "SELECT c.relname, i.indisvalid, i.indrelid::regclass::text FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = current_schema() AND c.relname LIKE 'mlflow\\_ha\\_%%'").fetchall()
+                "WHERE n.nspname = current_schema() AND c.relname ~ %(pattern)s "
+                "AND i.indrelid::regclass::text = ANY(%(tables)s) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+                {"pattern": MANAGED_NAME, "tables": sorted({index.table for index in wanted} | MANAGED_TABLES)}
+            ).fetchall()
             plan = plan_indexes({name: bool(valid) for name, valid, _table in rows}, wanted)
             tables = {name: table for name, _valid, table in rows}
             tables.update({index.name: index.table for index in wanted})
