@@ -148,14 +148,19 @@ def exactly_once(server, name, key, files):
 
 def test_the_collection_files_are_imported_not_copies(tmp_path):
     """Outside the unit tests' collection path, the package resolves the collection's import names to
-    plugins/module_utils of this checkout; clients/ holds no copy of any of those files."""
-    code = ("import sys, mlflow_ha_client; "
+    plugins/module_utils of this checkout, beside an installed Ansible's own ansible_collections (this venv's);
+    clients/ holds no copy of any of those files."""
+    code = ("import importlib.util, sys; ansible = importlib.util.find_spec('ansible_collections') is not None; "
+            "import mlflow_ha_client; "
             "m = sys.modules['ansible_collections.mlops.mlflow_ha.plugins.module_utils.mlflow_registration']; "
-            "print(m.__file__)")
+            "print(m.__file__); "
+            "ansible and importlib.import_module('ansible_collections.community.general'); print(ansible)")
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(CLIENT_SRC)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                         check=True)
-    assert Path(out.stdout.strip()) == ROOT / "plugins" / "module_utils" / "mlflow_registration.py"
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert Path(lines[0]) == ROOT / "plugins" / "module_utils" / "mlflow_registration.py"
     shared = {p.read_bytes() for p in (ROOT / "plugins" / "module_utils").glob("*.py")}
     copies = [p for p in (ROOT / "clients").rglob("*.py") if p.read_bytes() in shared]
     assert copies == []
