@@ -357,7 +357,7 @@ def test_replay_goes_in_spool_order_per_model_and_stops_while_the_registry_is_do
     assert reg.spool.get(keys[0][1]).attempts == 1
     server.lb_down = False
     report = reg.replay()
-    assert [r["key"] for r in report.replayed] == [k for _, k in keys]
+    assert [r["key"] for r in report.replayed] == [pair[1] for pair in keys]
     for model in ("a", "b"):
         versions = sorted(server.versions_of(model), key=lambda v: v["version"])
         assert [v["tags"][IDEMPOTENCY_TAG] for v in versions] == [k for m, k in keys if m == model]

@@ -90,13 +90,14 @@ def test_registered_spooled_while_stopped_and_replayed_exactly_once(server, tmp_
         path.write_bytes(os.urandom(50_000 + i))
         files.append(path)
     spool_dir = tmp_path / "spool"
-    registry = Registry(server.url, spool_dir=spool_dir, deadline=10.0, request_timeout=3.0, reset_timeout=1.0)
+    registry = Registry(server.url, spool_dir=spool_dir, deadline=30.0, request_timeout=10.0, max_attempts=3,
+                        reset_timeout=1.0)
     first = registry.register("spool-it", files[0], alias="champion")
     assert first.status == REGISTERED and first.version == 1
     assert registry.health()["up"]
 
     server.stop()
-    spooled = [registry.register("spool-it", path) for path in files[1:]]
+    spooled = [registry.register("spool-it", path, deadline=3.0) for path in files[1:]]
     assert [r.status for r in spooled] == [SPOOLED, SPOOLED]
     assert spooled[0].tier == "load balancer" and "connection refused" in spooled[0].reason
 

@@ -56,7 +56,7 @@ class SharedFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path=None, target=None) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname in PARENTS:
             return importlib.machinery.ModuleSpec(fullname, _Package(), is_package=True)
-        parent, _, leaf = fullname.rpartition(".")
+        parent, leaf = fullname.rpartition(".")[0], fullname.rpartition(".")[2]
         if parent != PREFIX or leaf not in SHARED:
             return None
         for directory in self.dirs:

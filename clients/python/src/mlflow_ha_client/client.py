@@ -250,15 +250,7 @@ class Registry:
         still running can commit)."""
         client = self.client
         rounds, uncertain = 0, False
-        last: Optional[HttpClientError] = None
         while True:
-            if rounds:
-                delay = client.policy.backoff(rounds, client.rng)
-                if uncertain:
-                    delay = max(delay, client.request_timeout)
-                if last is not None and (rounds >= client.max_attempts or self.clock.now() + delay >= end):
-                    raise last
-                self.clock.sleep(delay)
             rounds += 1
             try:
                 runs = client.search_runs(experiment_id, key)
@@ -270,7 +262,12 @@ class Registry:
                 if is_refusal(err):
                     raise
                 uncertain = uncertain or may_have_reached(err)
-                last = err
+                delay = client.policy.backoff(rounds, client.rng)
+                if uncertain:
+                    delay = max(delay, client.request_timeout)
+                if rounds >= client.max_attempts or self.clock.now() + delay >= end:
+                    raise
+                self.clock.sleep(delay)
 
     def _upload(self, local: str, upload_path: str, key: str) -> None:
         with open(local, "rb") as handle:

@@ -323,7 +323,7 @@ class Spool:
         now = self.wall()
         with self._db() as db:
             counts = dict(db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state").fetchall())
-        waiting = [e for e in self._select("WHERE state != ?", (DONE,))]
+        waiting = self._select("WHERE state != ?", (DONE,))
         pending = [e for e in waiting if e.state == PENDING]
         return {
             "directory": str(self.directory),
