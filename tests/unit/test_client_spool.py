@@ -166,6 +166,29 @@ def test_the_collection_files_are_imported_not_copies(tmp_path):
     assert copies == []
 
 
+def test_the_wheel_carries_every_collection_file_the_package_imports():
+    """pyproject.toml's force-include, _shared.SHARED and the collection imports of those files (and of the package)
+    name the same set: a module_utils file that starts importing another one cannot be left out of the wheel."""
+    import ast
+
+    import tomllib
+    from mlflow_ha_client import _shared
+
+    prefix = _shared.PREFIX + "."
+    utils = ROOT / "plugins" / "module_utils"
+    sources = [utils / ("%s.py" % n) for n in _shared.SHARED] + list((CLIENT_SRC / "mlflow_ha_client").glob("*.py"))
+    imported = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix):
+                imported.add(node.module[len(prefix):])
+    assert imported == set(_shared.SHARED)
+    project = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())
+    included = project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert included == {"../../plugins/module_utils/%s.py" % n: "mlflow_ha_client/_module_utils/%s.py" % n
+                        for n in _shared.SHARED}
+
+
 # -- register --------------------------------------------------------------------------------------------------
 
 
