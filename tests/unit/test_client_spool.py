@@ -319,6 +319,44 @@ def test_death_before_the_spool_commit_leaves_nothing_to_replay(server, clock, r
     exactly_once(server, "churn", result.key, files)
 
 
+KILLED_WRITER = """
+import os, random, signal, sys
+sys.path[:0] = sys.argv[4].split(os.pathsep)
+from fakes import FakeClock
+from mlflow_ha_client import Registry, Spool
+from test_client_spool import VIP, FakeRegistry
+
+def kill(where):
+    if where == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+server = FakeRegistry(FakeClock())
+server.lb_down = True
+Registry(VIP, transport=server, clock=server.clock, rng=random.Random(1),
+         spool=Spool(sys.argv[1], crash=kill)).register("churn", sys.argv[3].split(os.pathsep))
+"""
+
+
+@pytest.mark.parametrize("point, pending", [("files_written", 0), ("files_moved", 0), ("before_commit", 0),
+                                            ("after_commit", 1)])
+def test_a_writer_killed_with_sigkill_at_each_step(server, clock, rng, tmp_path, files, point, pending):
+    """The same crash points with a real death: a process killed by SIGKILL while it spools (no exception
+    handler, no rollback, SQLite's WAL as the kernel left it); the next process sees a whole entry or none."""
+    paths = [str(ROOT / ".cache" / "collections"), str(Path(__file__).parent), str(CLIENT_SRC)]
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "spool"), point,
+                            os.pathsep.join(str(f) for f in files), os.pathsep.join(paths)],
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert child.returncode == -9, child.stderr
+    reg = registry(server, clock, rng, tmp_path / "spool")
+    assert reg.spool.status()["entries"]["pending"] == pending
+    assert len(list((tmp_path / "spool" / "files").iterdir())) == pending
+    assert list((tmp_path / "spool" / "staging").iterdir()) == []
+    assert len(reg.replay().replayed) == pending
+    if pending:
+        exactly_once(server, "churn", reg.spool.entries(None)[0].key, files)
+    assert len(server.creates()) == pending
+
+
 def test_death_after_the_spool_commit_is_replayed_once(server, clock, rng, tmp_path, files):
     server.lb_down = True
     with pytest.raises(Died):
