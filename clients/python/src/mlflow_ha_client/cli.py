@@ -18,7 +18,10 @@ from mlflow_ha_client.spool import Spool
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlflow-ha-client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mlflow-ha-client",
+        description="The local spool of mlflow_ha_client (status, replay, drop) and the registry's health from the "
+                    "load balancer's view.")
     parser.add_argument("--spool-dir", default=os.environ.get("MLFLOW_HA_SPOOL_DIR"),
                         help="the spool directory (default: $MLFLOW_HA_SPOOL_DIR)")
     commands = parser.add_subparsers(dest="command", required=True)
