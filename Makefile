@@ -50,7 +50,7 @@ test: host engine venv
 
 lint: venv
 	ansible-lint
-	ruff check plugins tests tools roles
+	ruff check plugins tests tools roles clients
 	python tools/check_argument_specs.py
 	python tools/check_release.py
 
