@@ -56,7 +56,7 @@ def summary(samples_ms: Sequence[float]) -> Dict[str, float]:
 def timed(call: Callable[[], Any], repeat: int) -> Dict[str, Any]:
     result = call()  # warm-up: connections, caches, MLflow's lazy imports
     samples = []
-    for _ in range(repeat):
+    for _round in range(repeat):
         t0 = time.perf_counter()
         result = call()
         samples.append((time.perf_counter() - t0) * 1000)
@@ -180,7 +180,7 @@ def with_client(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--experiment", default="registry-seed")
     parser.add_argument("--tag-key", default=DEFAULT_TAG_KEY)

@@ -158,7 +158,7 @@ def seed(connection: Any, model: str, versions: int, experiment: Optional[str], 
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--uri-file", default="-", help="file with the tracking store's URI (default: stdin)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--versions", type=int, required=True, help="how many versions the model has afterwards")

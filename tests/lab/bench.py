@@ -51,7 +51,7 @@ def cpu_ticks() -> dict[int, tuple[int, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            head, _, rest = (entry / "stat").read_text().rpartition(")")
+            head, _paren, rest = (entry / "stat").read_text().rpartition(")")
             fields = rest.split()
             comm = head.partition("(")[2]
             try:
