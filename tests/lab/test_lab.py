@@ -674,6 +674,70 @@ def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
     assert all(item["artifact_matches"] for item in result["versions"]), result
 
 
+
+# -- Registration through the client library while every MLflow server is down (issue 17) ---------------------------
+# tests/lab/spool_load.py: 4 workers register through clients/python (mlflow_ha_client) with one spool; every MLflow
+# server is stopped for SPOOL_DOWN_SECONDS, then started: every acknowledged registration (registered at once or
+# spooled) must be in the registry exactly once with its bytes, and the spool empty.
+SPOOL_DOWN_SECONDS = 60
+SPOOL_LOAD = Path(__file__).parent / "spool_load.py"
+
+
+def spool_acks(events: Path, status: str) -> int:
+    if not events.exists():
+        return 0
+    return sum(1 for line in events.read_text().splitlines()
+               if line.strip() and '"ack"' in line and json.loads(line).get("status") == status)
+
+
+def test_registrations_through_the_client_library_outlive_every_mlflow_server_down(lab):
+    sys.path.insert(0, str(ROOT / "clients" / "python" / "src"))
+    from mlflow_ha_client import Spool  # the checkout's package, as spool_load.py uses it
+
+    spool_dir, events, stop_file = OUTPUT / "spool", OUTPUT / "spool.events.jsonl", OUTPUT / "spool.stop"
+    verify_out = OUTPUT / "spool.verify.json"
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    for path in (events, stop_file, verify_out):
+        path.unlink(missing_ok=True)
+    env = {**os.environ, **lab.client_env(), "MLFLOW_TRACKING_URI": lab.api_url, "MLFLOW_HA_SPOOL_DIR": str(spool_dir)}
+    python = os.environ["MLFLOW_HA_CLIENT_PYTHON"]
+    report: dict = {"down_seconds": SPOOL_DOWN_SECONDS}
+    with (OUTPUT / "spool.load.log").open("w") as log:
+        load = subprocess.Popen([python, str(SPOOL_LOAD), "run", "--events", str(events), "--stop-file",
+                                 str(stop_file), "--workers", "4", "--prefix", f"lab-spool-{int(time.time())}"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: spool_acks(events, "registered") >= 4, 180, "registrations through the library")
+            down_at = time.time()
+            for host in lab.groups["mlflow"]:
+                lab.exec(host, "systemctl", "stop", "mlflow")
+            report["first_spooled_after_seconds"] = round(
+                wait_until(lambda: spool_acks(events, "spooled") >= 1, 120, "a registration spooled"), 1)
+            time.sleep(max(0.0, down_at + SPOOL_DOWN_SECONDS - time.time()))
+            for host in lab.groups["mlflow"]:
+                lab.exec(host, "systemctl", "start", "mlflow")
+            up_at = time.monotonic()
+            wait_until(lab.mlflow_whole, 180, "every MLflow server healthy again")
+            report["healthy_after_seconds"] = round(time.monotonic() - up_at, 1)
+            wait_until(lambda: Spool(spool_dir).status()["entries"].get("pending", 0) == 0, 300, "the spool replayed")
+            report["replayed_after_seconds"] = round(time.monotonic() - up_at, 1)
+            registered = spool_acks(events, "registered")
+            wait_until(lambda: spool_acks(events, "registered") >= registered + 4, 120, "registrations after it")
+        finally:
+            stop_file.touch()
+            load.wait(timeout=180)
+    checked = subprocess.run([python, str(SPOOL_LOAD), "verify", "--events", str(events), "--out", str(verify_out)],
+                             env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert verify_out.exists(), f"spool_load.py verify wrote nothing:\n{tail(checked.stdout + checked.stderr)}"
+    summary = json.loads(verify_out.read_text())
+    report.update(summary)
+    (OUTPUT / "spool.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert summary["spooled"] > 0, "nothing was spooled while every MLflow server was down"
+    assert summary["lost"] == [] and summary["duplicated"] == [] and summary["unreadable"] == [], summary
+    waiting = {k: v for k, v in summary["spool_entries"].items() if k != "done" and v}
+    assert not waiting, f"spool entries not done: {waiting}"
+
 # -- Disaster recovery ------------------------------------------------------------------------------------------
 # Last, because it rolls the registry back: docs/postgres-ha.md's restore runbook followed step by step after an
 # operator's error. Registered: DR_BEFORE versions, then the time T, then DR_AFTER more, then the registered model
