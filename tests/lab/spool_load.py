@@ -3,9 +3,10 @@ be down: issue 17's lab test. Runs with the Python of tools/mlflow-venv.sh (the 
 client); the library itself needs only the standard library and comes from the checkout (PYTHONPATH).
 
   run     N workers, each its own Registry on one spool (MLFLOW_HA_SPOOL_DIR), register a fresh 2 KB file as a new
-          version of its own model, each with its own key, until the stop file appears; one Replayer thread replays
-          the spool every 2 s. One JSON line per registration in --events: status registered or spooled (both are
-          acknowledgements: a spooled one is on the local disk, fsync'd), the tier the library named when it spooled.
+          version of its own model, each with its own key, one every --interval seconds, until the stop file
+          appears; one Replayer thread replays the spool every 2 s. One JSON line per registration in --events:
+          status registered or spooled (both are acknowledgements: a spooled one is on the local disk, fsync'd),
+          the tier the library named when it spooled.
   verify  every acknowledged key is a version of its model exactly once (tag mlflow_ha.idempotency_key) and its
           artifact, read back through models:/ with the official client, has the bytes that were registered; the
           spool has nothing left. Writes a JSON summary to --out.
@@ -42,13 +43,17 @@ class Events:
             self.handle.write(json.dumps(dict(fields, t=time.time())) + "\n")
 
 
-def worker(index: int, prefix: str, events: Events, stop_file: Path, workdir: Path) -> None:
+def worker(index: int, prefix: str, events: Events, stop_file: Path, workdir: Path, interval: float) -> None:
     registry = Registry.from_env(deadline=15, reset_timeout=10)
     model = f"{prefix}-w{index}"
     path = workdir / f"w{index}" / "model.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
+    n, start = 0, time.time()
     while not stop_file.exists():
+        # A training job registers now and then, not in a tight loop: without a pause, a worker whose breakers are
+        # open spools hundreds of registrations a second (the first lab run spooled 11 885 in 60 s).
+        if n:
+            time.sleep(max(0.0, interval - (time.time() - start)))
         n += 1
         key = f"{model}-{n}-{os.urandom(4).hex()}"
         payload = (key + "\n").encode() + os.urandom(2048)
@@ -70,8 +75,8 @@ def cmd_run(args) -> int:
     stop_file = Path(args.stop_file)
     replayer = Replayer(Registry.from_env(deadline=15, reset_timeout=10), interval=2).start()
     with tempfile.TemporaryDirectory() as workdir:
-        threads = [threading.Thread(target=worker, args=(i, args.prefix, events, stop_file, Path(workdir)),
-                                    daemon=True) for i in range(args.workers)]
+        threads = [threading.Thread(target=worker, args=(i, args.prefix, events, stop_file, Path(workdir),
+                                                         args.interval), daemon=True) for i in range(args.workers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -139,6 +144,7 @@ def main(argv: list[str]) -> int:
     run.add_argument("--stop-file", required=True)
     run.add_argument("--workers", type=int, default=4)
     run.add_argument("--prefix", default="lab-spool")
+    run.add_argument("--interval", type=float, default=1.0, help="seconds between a worker's registrations")
     verify = sub.add_parser("verify")
     verify.add_argument("--events", required=True)
     verify.add_argument("--out", required=True)
