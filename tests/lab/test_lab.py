@@ -674,7 +674,6 @@ def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
     assert all(item["artifact_matches"] for item in result["versions"]), result
 
 
-
 # -- Registration through the client library while every MLflow server is down (issue 17) ---------------------------
 # tests/lab/spool_load.py: 4 workers register through clients/python (mlflow_ha_client) with one spool; every MLflow
 # server is stopped for SPOOL_DOWN_SECONDS, then started: every acknowledged registration (registered at once or
@@ -737,6 +736,7 @@ def test_registrations_through_the_client_library_outlive_every_mlflow_server_do
     assert summary["lost"] == [] and summary["duplicated"] == [] and summary["unreadable"] == [], summary
     waiting = {k: v for k, v in summary["spool_entries"].items() if k != "done" and v}
     assert not waiting, f"spool entries not done: {waiting}"
+
 
 # -- Disaster recovery ------------------------------------------------------------------------------------------
 # Last, because it rolls the registry back: docs/postgres-ha.md's restore runbook followed step by step after an
