@@ -81,9 +81,11 @@ EXAMPLES = r"""
   delegate_to: "{{ groups['monitoring'][0] }}"
   register: scrape
 
-- name: The exporter sees PostgreSQL as up
+- name: Patroni's unit is active on the host
   ansible.builtin.assert:
-    that: scrape.samples | selectattr('name', 'eq', 'pg_up') | map(attribute='value') | list == [1.0]
+    that: >-
+      scrape.samples | selectattr('labels.name', 'eq', 'patroni.service') | selectattr('labels.state', 'eq', 'active')
+      | map(attribute='value') | list == [1.0]
 """
 
 RETURN = r"""
