@@ -753,6 +753,28 @@ def test_archive_push_refuses_a_former_leaders_segment_and_pushes_the_rest():
                               "pg_wal/00000003.history", "pg_wal/00000002000000000000000C.partial"]
 
 
+def test_archive_push_skips_a_leftover_of_this_members_own_past_as_the_dead_branchs_leader(tmp_path):
+    """CI, 2026-12-07: a former leader rewound during the chaos test kept its refused timeline-3 segment .ready and
+    led again on timeline 7 after the etcd restore: refused forever, it blocked every later segment."""
+    wal = tmp_path / "pg_wal"
+    wal.mkdir()
+    (wal / "00000003.history").write_text(HISTORY_3)
+    segment = wal / "00000002000000000000000C"
+    archive = FakeArchive({"00000003.history": HISTORY_3})
+    ops = pr.Operations(settings("pg1"), archive)
+    # still on timeline 2 here (no later history file in its pg_wal): two leaders, refused
+    (wal / "00000003.history").rename(wal / "elsewhere")
+    code, message = ops.archive_push(str(segment))
+    assert code == pr.EXIT_FAILED and message.startswith("refused: ")
+    # on timeline 3 now: a leftover, answered as done without pushing it
+    (wal / "elsewhere").rename(wal / "00000003.history")
+    code, message = ops.archive_push(str(segment))
+    assert code == 0 and message.startswith("skipped, not archived: ") and "on timeline 3 now" in message
+    assert archive.pushed == []
+    assert pr.newest_local_timeline(str(wal)) == 3
+    assert pr.newest_local_timeline(str(tmp_path / "missing")) is None
+
+
 def test_archive_push_reads_every_later_timeline_and_stops_at_the_first_missing_one():
     archive = FakeArchive({"00000002.history": "1\t0/3000000\tx\n", "00000003.history": HISTORY_3})
     calls = []

@@ -32,9 +32,13 @@ reached", and the newest file's push time is an upper bound of that commit. With
 3 when the time is outside, with the sentence to refuse with.
 
 `archive-push PATH` is Patroni's archive_command: pgBackRest's archive-push, behind a guard. A full WAL segment of
-timeline N is refused (exit 1, PostgreSQL retries and the archiving alert fires) when the archive holds the history
-file of a later timeline that left N before the segment's end: that segment then holds a former leader's records
-after the switch point, which the new timeline never had. Patroni archives such segments on purpose before
+timeline N is kept out of the archive when the archive holds the history file of a later timeline that left N before
+the segment's end: that segment then holds a former leader's records after the switch point, which the new timeline
+never had. When this PostgreSQL is on a later timeline itself (a history file above N in its pg_wal), the file is a
+leftover of its own time as that branch's leader: skipped with exit 0 (logged), so that PostgreSQL marks it done;
+refused, it would block every later segment for good once this member leads again (found in CI, 2026-12-07). Else
+(this PostgreSQL still on timeline N beside a later one: two leaders) it is refused (exit 1, PostgreSQL retries and
+the archiving alert fires). Patroni archives such segments on purpose before
 pg_rewind (patroni/patroni#2384); a recovery towards the latest timeline takes the old timeline's full file when the
 new timeline's copy of that segment is not archived yet, and replays records nobody acknowledged on the new
 timeline (found in the lab, docs/postgres-ha.md). The later timelines' history files are fetched with
@@ -337,6 +341,17 @@ ARCHIVER_QUERY = ("SELECT pg_is_in_recovery()::int, archived_count, failed_count
                   "coalesce(extract(epoch FROM last_failed_time), 0) FROM pg_stat_archiver")
 
 
+def newest_local_timeline(wal_dir: str) -> Optional[int]:
+    """The highest timeline whose history file is in ``wal_dir`` (this PostgreSQL's pg_wal: it keeps the history of
+    every timeline it followed or created), or None when there is none (timeline 1, or not a pg_wal)."""
+    try:
+        names = os.listdir(wal_dir)
+    except OSError:
+        return None
+    timelines = [int(name[:8], 16) for name in names if re.fullmatch(r"[0-9A-F]{8}\.history", name)]
+    return max(timelines) if timelines else None
+
+
 def archiver_metrics(page: Exposition, row: str, stanza: str) -> Optional[str]:
     """pg_stat_archiver as `psql -At` prints ARCHIVER_QUERY's row; returns why not, when the row is not one."""
     parts = row.strip().split("|")
@@ -521,6 +536,13 @@ class Operations:
                 later += 1
             reason = past_switch_point(os.path.basename(path), histories)
             if reason:
+                local = newest_local_timeline(os.path.dirname(path) or ".")
+                if local is not None and local > span[0]:
+                    # This PostgreSQL has moved on to a later timeline: the file is a leftover of its time as the
+                    # dead branch's leader (Patroni marked it .ready before pg_rewind). Answering success lets
+                    # PostgreSQL mark it done; refusing would block every later segment behind it for good.
+                    return 0, ("skipped, not archived: %s; this member is on timeline %d now, the file is a "
+                               "leftover of its time on timeline %d" % (reason, local, span[0]))
                 return EXIT_FAILED, "refused: " + reason
         pushed = self.pgbackrest("archive-push", path)
         return pushed.returncode, "" if pushed.returncode == 0 else last_line(pushed)
