@@ -42,6 +42,13 @@ def baseline_address() -> str:
     return yaml.safe_load((ROOT / "tools" / "bench" / "vars.yml").read_text())["bench_baseline_address"]
 
 
+def stat_ticks(stat: str) -> tuple[str, int]:
+    """(command, user + system CPU ticks) from the text of /proc/<pid>/stat."""
+    head, _paren, rest = stat.rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]) + int(fields[12])
+
+
 def cpu_ticks() -> dict[int, tuple[int, str]]:
     """Every process's CPU ticks so far and a label "<machine>/<command>" (the machine from the process's own
     /etc/hostname: the lab's systemd containers put their processes outside the container's cgroup, so docker
@@ -51,14 +58,12 @@ def cpu_ticks() -> dict[int, tuple[int, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            head, _paren, rest = (entry / "stat").read_text().rpartition(")")
-            fields = rest.split()
-            comm = head.partition("(")[2]
+            comm, used = stat_ticks((entry / "stat").read_text())
             try:
                 host = (entry / "root" / "etc" / "hostname").read_text().strip()
             except OSError:
                 host = "?"
-            ticks[int(entry.name)] = (int(fields[11]) + int(fields[12]), f"{host}/{comm}")
+            ticks[int(entry.name)] = (used, f"{host}/{comm}")
         except (OSError, IndexError, ValueError):
             continue
     return ticks
@@ -69,7 +74,7 @@ def busiest(before: dict[int, tuple[int, str]], after: dict[int, tuple[int, str]
     """The labels that used the most CPU between two cpu_ticks(), in % of one core (2 cores: 200 % at most)."""
     used: dict[str, int] = {}
     for pid, (ticks, label) in after.items():
-        used[label] = used.get(label, 0) + ticks - (before.get(pid, (0, label))[0] if pid in before else 0)
+        used[label] = used.get(label, 0) + ticks - before.get(pid, (0, label))[0]
     hz = os.sysconf("SC_CLK_TCK")
     rows = [{"process": label, "cpu_percent": round(100 * t / hz / max(seconds, 0.1), 1)} for label, t in used.items()]
     return sorted(rows, key=lambda r: -r["cpu_percent"])[:top]
@@ -78,8 +83,7 @@ def busiest(before: dict[int, tuple[int, str]], after: dict[int, tuple[int, str]
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (the load generator: is the client the bottleneck?)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_ticks(Path(f"/proc/{pid}/stat").read_text())[1] / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
 
