@@ -38,9 +38,14 @@ background etcd etcd
 background weed weed
 background wheelhouse wheelhouse
 
-for target in lint sanity unit; do
+# ansible-test sanity runs its tests one after another on one core: it runs beside lint and the unit tests (one
+# core each way) instead of before them (docs/harness.md, "lint, sanity and unit side by side"). The molecule
+# phase waits for it; a failure stops the run there with its log.
+background sanity sanity
+for target in lint unit; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
 done
+await sanity
 # The postgres_ha and storage_ha scenarios converge the same stacks as the lab: here their verify playbooks run
 # against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so (docs/harness.md). The
 # scenarios left need the image and etcd only (MOLECULE_NEEDS).

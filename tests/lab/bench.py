@@ -29,6 +29,7 @@ from typing import Optional
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hops import per_hop, snapshot
 from labctl import ROOT, Lab, Load, percentile, run_faults, run_lab, summarize, tail
 
 OUT = ROOT / "tests" / "output" / "bench"
@@ -95,18 +96,27 @@ def phase(lab: Lab, target: str, workers: int, seconds: float, warmup: float, st
                 tracking_uri=uri, client_env=env)
     cpu0 = process_cpu_seconds(load.proc.pid)
     time.sleep(warmup)
+    hops_before = snapshot(lab) if target == "ha" else None
     t0 = time.time()
     ticks0 = cpu_ticks()
     time.sleep(seconds)
     t1 = time.time()
     hot = busiest(ticks0, cpu_ticks(), t1 - t0)
+    hops_after = snapshot(lab) if target == "ha" else None
     load_cpu = process_cpu_seconds(load.proc.pid) - cpu0
     load.stop(abandon=True)
     events = load.events_list()
     acks = [e for e in events if e["event"] == "ack" and e["start"] >= t0 and e["start"] + e["seconds"] <= t1]
+    # The counters cover every registration that ended in the phase (also those begun in the warm-up).
+    ended = [e for e in events if e["event"] == "ack" and t0 <= e["t"] <= t1]
+    latencies = [e["seconds"] for e in acks]
+    hops = None
+    if hops_before and hops_after:
+        hops = per_hop(hops_before, hops_after, len(ended),
+                       sum(e["seconds"] for e in ended) / len(ended) if ended else None)
     return {"target": target, "workers": workers, "seconds": round(t1 - t0, 1), "registrations": len(acks),
             "failed_calls": sum(1 for e in events if e["event"] == "fail" and t0 <= e["t"] <= t1),
-            "latencies": [e["seconds"] for e in acks], "busiest": hot,
+            "latencies": latencies, "busiest": hot, "hops": hops,
             "load_generator_cpu_percent": round(100 * load_cpu / max(1.0, t1 - t0 + warmup), 1)}
 
 
@@ -143,6 +153,7 @@ def side_by_side(lab: Lab, stamp: str) -> dict:
                 "failed_calls": sum(p["failed_calls"] for p in mine),
                 "latency_seconds": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
                 "busiest": [p["busiest"] for p in mine],
+                "hops": [p["hops"] for p in mine if p.get("hops")],
                 "load_generator_cpu_percent": [p["load_generator_cpu_percent"] for p in mine],
             }
         ha, base = row["ha"], row["baseline"]

@@ -437,7 +437,7 @@ class Fault:
     kind: str
     pick: Callable[[], Optional[str]]
     whole: Callable[[], bool]
-    hold: float = 20
+    hold: float = 10
     prepare: Optional[Callable[[str], None]] = None
     postgres: bool = False
     storage: bool = False
