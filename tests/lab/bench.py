@@ -6,7 +6,9 @@ Environment: MLFLOW_HA_CLIENT_PYTHON (the Makefile sets it), BENCH_SECONDS (stea
 BENCH_WORKERS (default 4), BENCH_FAULTS (1 to inject faults after the steady phase, the default; 0 skips),
 BENCH_ONLY (only the faults whose "<kind> <what>" contains one of its comma-separated parts, e.g. "freeze,cut"
 for the gray faults), BENCH_REPEAT (run the chosen faults that many times, default 1: a rare loss needs many
-tries).
+tries), BENCH_CUTS (1, the default: also cut the link of the storage node, the MLflow server and the load balancer,
+so that every tier meets each fault class; the failover timeline per fault: seconds to the first success, the
+longest time without one, failed calls, p99 of the registrations meanwhile).
 
 Side by side (issue 16): before the faults, the same load runs against the lab (HTTPS VIP, login, HA) and against a
 single-server baseline on the lab's network (tools/bench/baseline.yml: one MLflow of the same version and worker
@@ -14,7 +16,11 @@ count, PostgreSQL, one SeaweedFS; no replication, no load balancer, no TLS, no l
 BENCH_SWEEP (default "1,4,16,32"), BENCH_PHASE_SECONDS each (default 45, the first BENCH_WARMUP seconds of each not
 counted, default 5), BENCH_ROUNDS times (default 2; the order of the two flips every round so both see the same
 machine noise). Reported per client count: registrations/s and p50/p90/p99 for each, the ratios HA/baseline, and
-the processes that used the most CPU during the phase (per machine, from /proc). BENCH_BASELINE=0 skips it."""
+the processes that used the most CPU during the phase (per machine, from /proc), and for the lab where a
+registration's seconds go, hop by hop (tests/lab/hops.py). BENCH_BASELINE=0 skips it.
+
+Artifact sizes (BENCH_ARTIFACT_SIZES, default "2K,10M,200M,1G"; empty skips): each uploaded and read back with the
+official client through the lab's proxied path and the baseline's (tests/lab/artifact_sizes.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from labctl import ROOT, Lab, Load, percentile, run_faults, run_lab, summarize, 
 
 OUT = ROOT / "tests" / "output" / "bench"
 PLOT = Path(__file__).resolve().parent / "plot_latency.py"
+ARTIFACT_SIZES = Path(__file__).resolve().parent / "artifact_sizes.py"
 
 
 BASELINE_PLAYBOOK = ROOT / "tools" / "bench" / "baseline.yml"
@@ -166,6 +173,24 @@ def side_by_side(lab: Lab, stamp: str) -> dict:
             "baseline": {"address": baseline_address(), "tls": False, "login": False, "replication": False}}
 
 
+def artifact_sizes(lab: Lab, sizes: str, baseline: bool) -> dict:
+    """Each size uploaded and read back through the lab's proxied path (HTTPS VIP, HAProxy, MLflow, the S3 frontend)
+    and, when the baseline is up, through the single server's: seconds and MB/s per direction."""
+    targets = {"ha": (lab.api_url, lab.client_env())}
+    if baseline:
+        targets["baseline"] = (f"http://{baseline_address()}:5000", {})
+    out: dict = {}
+    for target, (uri, env) in targets.items():
+        done = subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(ARTIFACT_SIZES), "--tracking-uri", uri,
+                               "--sizes", sizes], capture_output=True, text=True, check=False,
+                              env=dict(os.environ, **env))
+        if done.returncode != 0:
+            raise RuntimeError(f"artifact sizes against {target} failed:\n{tail(done.stdout + done.stderr)}")
+        out[target] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"bench: artifact sizes through {target}: {out[target]}", flush=True)
+    return out
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return round(a / b, 2) if a is not None and b else None
 
@@ -180,7 +205,10 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "120"))
     workers = int(os.environ.get("BENCH_WORKERS", "4"))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    compared = side_by_side(lab, stamp) if os.environ.get("BENCH_BASELINE", "1") == "1" else None
+    with_baseline = os.environ.get("BENCH_BASELINE", "1") == "1"
+    compared = side_by_side(lab, stamp) if with_baseline else None
+    sizes = os.environ.get("BENCH_ARTIFACT_SIZES", "2K,10M,200M,1G")
+    transfers = artifact_sizes(lab, sizes, with_baseline) if sizes else None
     load = Load(lab, f"bench-{stamp}", workers=workers, out=OUT)
     faults: list[dict] = []
     try:
@@ -189,7 +217,8 @@ def main() -> int:
         t_steady = time.time()
         if os.environ.get("BENCH_FAULTS", "1") == "1":
             faults = run_faults(lab, load, only=os.environ.get("BENCH_ONLY", ""),
-                                repeat=int(os.environ.get("BENCH_REPEAT", "1")))
+                                repeat=int(os.environ.get("BENCH_REPEAT", "1")),
+                                cuts=os.environ.get("BENCH_CUTS", "1") == "1")
     finally:
         load.stop()
     events = load.events_list()
@@ -206,6 +235,7 @@ def main() -> int:
             "latency_seconds": {f"p{p}": percentile([e["seconds"] for e in steady], p) for p in (50, 90, 99)},
         },
         "side_by_side": compared,
+        "artifact_sizes": transfers,
         "faults": faults,
         "totals": summarize(events, load.verify()),
     }

@@ -467,8 +467,10 @@ MLFLOW_LOGS = ("mlflow", "mlflow")
 LB_LOGS = ("lb", "keepalived", "haproxy")
 
 
-def faults(lab: Lab, gray: bool = True) -> list[Fault]:
-    """The machine deaths, then the gray faults (stalls and cut links) the same tiers meet in production."""
+def faults(lab: Lab, gray: bool = True, cuts: bool = False) -> list[Fault]:
+    """The machine deaths, then the gray faults (stalls and cut links) the same tiers meet in production; cuts: also
+    cut the link of the machines of the other tiers (`make bench`'s failover timeline: every fault class per tier;
+    the end-to-end test cuts the PostgreSQL leader, the tier where a cut link splits the cluster's view)."""
     def first_storage() -> str:  # serves the S3 frontend, the others are HAProxy backups
         return lab.groups["storage"][0]
 
@@ -494,7 +496,13 @@ def faults(lab: Lab, gray: bool = True) -> list[Fault]:
         Fault("mlflow server", "freeze", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30, logs=MLFLOW_LOGS),
         Fault("active load balancer", "freeze", vip_holder, lab.lb_whole, hold=35, logs=LB_LOGS),
     ]
-    return kills + (grays if gray else [])
+    more_cuts = [
+        Fault("storage node serving S3", "cut", first_storage, lab.storage_whole, hold=35, storage=True,
+              logs=STORAGE_LOGS),
+        Fault("mlflow server", "cut", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30, logs=MLFLOW_LOGS),
+        Fault("active load balancer", "cut", vip_holder, lab.lb_whole, hold=35, logs=LB_LOGS),
+    ]
+    return kills + (grays if gray else []) + (more_cuts if cuts else [])
 
 
 def longest_gap(acks: list[dict], start: float, end: float) -> float:
@@ -504,16 +512,17 @@ def longest_gap(acks: list[dict], start: float, end: float) -> float:
 
 
 def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True, only: str = "",
-               repeat: int = 1) -> list[dict]:
+               repeat: int = 1, cuts: bool = False) -> list[dict]:
     """Inject each fault in turn while the load runs, wait until its tier is whole again, and report what the
     clients saw: seconds until a registration started after the fault succeeded, the longest time without any
     registration completing, failed calls, and for PostgreSQL the leader changes (timeline steps).
     only: run just the faults whose "<kind> <what>" contains one of its comma-separated parts (e.g. "freeze,cut":
     the gray faults); repeat: the chosen list that many times (rare outcomes need many tries)."""
     parts = [part.strip() for part in only.split(",")]
-    chosen = [f for f in faults(lab, gray) if any(part in f"{f.kind} {f.what}" for part in parts)]
+    every = faults(lab, gray, cuts)
+    chosen = [f for f in every if any(part in f"{f.kind} {f.what}" for part in parts)]
     if not chosen:
-        raise ValueError(f"no fault matches {only!r}: " + ", ".join(f"{f.kind} {f.what}" for f in faults(lab, gray)))
+        raise ValueError(f"no fault matches {only!r}: " + ", ".join(f"{f.kind} {f.what}" for f in every))
     report = []
     for fault in chosen * repeat:
         victim = fault.pick()
@@ -557,6 +566,8 @@ def run_faults(lab: Lab, load: Load, timeout: float = 300, gray: bool = True, on
             "failed_calls_by_step": {s: sum(1 for e in failed if e["step"] == s)
                                      for s in sorted({e["step"] for e in failed})},
             "registrations_acknowledged": sum(1 for e in window if e["event"] == "ack"),
+            # The registrations that ended between the fault and the tier whole again: what users felt meanwhile.
+            "registration_seconds_p99_in_window": percentile([e["seconds"] for e in window if e["event"] == "ack"], 99),
             "rejoin_seconds_after_heal": round(rejoin, 1),
         }
         if fault.storage:
