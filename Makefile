@@ -11,7 +11,8 @@ SCENARIO ?=
 # Scenarios run side by side by `make molecule` (pytest-xdist workers); 1 runs them one after another.
 MOLECULE_JOBS ?= 2
 
-.PHONY: help bootstrap host engine image venv weed etcd wheelhouse promtool lab lab-destroy test lint sanity unit molecule e2e bench clean
+.PHONY: help bootstrap host engine image venv controller weed etcd wheelhouse actionlint promtool lab lab-destroy test lint sanity unit \
+	deploy-check molecule e2e bench clean
 
 help:
 	@echo "make lab        build the local container lab (inventories/lab): site.yml + validate.yml, prints the URLs"
@@ -19,6 +20,7 @@ help:
 	@echo "make test       lint + sanity + unit + molecule + the lab's end-to-end chaos test (what CI runs)"
 	@echo "make bench      registration load and faults against the lab; JSON result in tests/output/bench"
 	@echo "make molecule SCENARIO=roles/<role>/molecule/default   one scenario"
+	@echo "make controller a deployment controller without Docker: venv + wheelhouses (docs/deploy.md)"
 
 ## Harness: each step is idempotent and quick when nothing changed.
 bootstrap: host engine venv image
@@ -31,6 +33,13 @@ engine:
 
 venv:
 	@bash tools/venv.sh
+
+# A user's deployment controller (docs/deploy.md): a virtualenv from requirements-controller.txt, the collection
+# linked for ansible.cfg, the Patroni and MLflow wheelhouses; no Docker, no lab. CONTROLLER_ARGS: tools/controller.sh
+# --help (e.g. --binaries: etcd and SeaweedFS from their Go modules).
+CONTROLLER_ARGS ?=
+controller:
+	@bash tools/controller.sh $(CONTROLLER_ARGS)
 
 image: engine
 	@bash tools/build-image.sh
@@ -48,11 +57,12 @@ lab-destroy: venv
 test: host engine venv
 	@bash tools/test.sh
 
-lint: venv
+lint: venv actionlint
 	ansible-lint
 	ruff check plugins tests tools roles clients
 	python tools/check_argument_specs.py
 	python tools/check_release.py
+	bash tools/lint-pipelines.sh
 
 sanity: venv
 	bash tools/sanity.sh
@@ -64,6 +74,11 @@ promtool:
 unit: venv promtool
 	PROMTOOL=$(ROOT)/.cache/bin/promtool pytest tests/unit
 
+# What docs/deploy.md tells users, checked without Docker: the files, playbooks and make targets its commands name
+# exist, the example inventory has every group site.yml needs, the playbooks it names pass --syntax-check.
+deploy-check: venv
+	pytest tests/deploy
+
 # The SeaweedFS binary the storage scenarios install (built once from its Go module, cached outside the checkout).
 weed:
 	@bash tools/build-weed.sh >/dev/null
@@ -72,6 +87,10 @@ weed:
 # has a lease bug a frozen leader triggers (docs/postgres-ha.md).
 etcd:
 	@bash tools/build-etcd.sh >/dev/null
+
+# actionlint for the deployment pipeline templates (make lint; built once from its Go module, cached beside weed).
+actionlint:
+	@bash tools/build-actionlint.sh >/dev/null
 
 # Offline wheelhouses the roles install from: Patroni (patroni role) and MLflow (mlflow role, and the official
 # client on the controller).

@@ -34,3 +34,36 @@ go_build_setup() {  # go_build_setup NAME LOG
   mkdir -p "$(dirname "$2")"
   : >"$2"
 }
+
+# A virtualenv at VENV with REQUIREMENTS installed (tools/venv.sh: the development one; tools/controller.sh: a
+# controller's), reinstalled only when one of the files changes: list every file REQUIREMENTS includes with -r after it.
+venv_install() {  # venv_install VENV REQUIREMENTS [INCLUDED...]
+  local venv=$1 reqs=$2 stamp t0
+  stamp="$venv/.requirements-$(recipe_hash "${@:2}")"
+  if [ -f "$stamp" ]; then
+    log "venv: $venv is current"
+    return 0
+  fi
+  t0=$(date +%s)
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -r "$reqs"
+  rm -f "$venv"/.requirements-*
+  touch "$stamp"
+  log "venv: installed $(basename "$reqs") into $venv in $(since "$t0") s"
+}
+
+# The two paths ansible.cfg names: the checkout linked as $CACHE/collections/ansible_collections/mlops/mlflow_ha (so
+# that Ansible, molecule and ansible-test see the collection under its real name, exactly as users do), and Mitogen's
+# strategy plugins from VENV at $CACHE/ansible_mitogen (a path that does not name the venv's Python version).
+link_collection() {  # link_collection VENV
+  local link="$CACHE/collections/ansible_collections/mlops/mlflow_ha" mitogen
+  mkdir -p "$(dirname "$link")"
+  if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
+    ln -sfn "$ROOT" "$link"
+  fi
+  mitogen="$("$1/bin/python" -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')"
+  if [ "$(readlink "$CACHE/ansible_mitogen" 2>/dev/null)" != "$mitogen" ]; then
+    ln -sfn "$mitogen" "$CACHE/ansible_mitogen"
+  fi
+}

@@ -7,7 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 
 command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck  # ansible-test's shellcheck test
-core=$(grep -E '^ansible-core==' "$ROOT/requirements.txt")
+core=$(grep -E '^ansible-core==' "$ROOT/requirements-controller.txt")
 svenv="$CACHE/sanity-venv"
 stamp="$svenv/.$core"
 if [ ! -f "$stamp" ]; then
