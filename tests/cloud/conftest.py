@@ -56,7 +56,7 @@ def aws(moto_url: str) -> Callable[[str], Any]:
     return client
 
 
-def deploy(aws: Callable[[str], Any], name: str, backend: str) -> dict[str, Any]:
+def deploy(aws: Callable[[str], Any], name: str, backend: str, **more: str) -> dict[str, Any]:
     """Create the stack and wait until it leaves CREATE_IN_PROGRESS; fail with its events otherwise."""
     ec2 = aws("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -66,6 +66,7 @@ def deploy(aws: Callable[[str], Any], name: str, backend: str) -> dict[str, Any]
         # moto 5.2.6 does not split the Default of a CommaDelimitedList (only values passed in): pass the defaults.
         "PrivateSubnetCidrs": "10.20.1.0/24,10.20.2.0/24,10.20.3.0/24",
         "PublicSubnetCidrs": "10.20.101.0/24,10.20.102.0/24,10.20.103.0/24",
+        **more,
     }
     cfn.create_stack(StackName=name, TemplateBody=TEMPLATE.read_text(),
                      Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],

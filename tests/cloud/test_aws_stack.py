@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ADMIN_CIDR, REGION, ROOT, TEMPLATE, ansible_env, physical, write_inventory
+from conftest import ADMIN_CIDR, REGION, ROOT, TEMPLATE, ansible_env, deploy, physical, write_inventory
 
 BIN = Path(sys.executable).parent
 # The DESIGN topology: hosts per group, with the own store.
@@ -186,6 +186,29 @@ def test_the_network_load_balancer_is_the_entry_point(stack: dict[str, Any], aws
         group_attributes = {a["Key"]: a["Value"] for a in elbv2.describe_target_group_attributes(
             TargetGroupArn=group["TargetGroupArn"])["Attributes"]}
         assert group_attributes["deregistration_delay.timeout_seconds"] == "30"
+
+
+def test_internet_facing_balancer_uses_the_public_subnets(aws: Callable[[str], Any]) -> None:
+    """LoadBalancerScheme=internet-facing without a NAT gateway: the NLB moves to the public subnets, the machines
+    stay private, and still only 443 is open to the world."""
+    stack = deploy(aws, "mlflow-ha-public", "external", LoadBalancerScheme="internet-facing", NatGateway="false")
+    assert not {"Nat", "NatAddress", "PrivateDefaultRoute"} & stack["resources"].keys()
+    balancer = aws("elbv2").describe_load_balancers(LoadBalancerArns=[physical(stack, "LoadBalancer")])[
+        "LoadBalancers"][0]
+    assert balancer["Scheme"] == "internet-facing"
+    assert {z["SubnetId"] for z in balancer["AvailabilityZones"]} == {
+        physical(stack, f"PublicSubnet{z}") for z in "ABC"}
+    instances = [physical(stack, logical) for logical, r in stack["resources"].items()
+                 if r["ResourceType"] == "AWS::EC2::Instance"]
+    reservations = aws("ec2").describe_instances(InstanceIds=instances)["Reservations"]
+    subnets = {i["SubnetId"] for r in reservations for i in r["Instances"]}
+    assert subnets <= {physical(stack, f"PrivateSubnet{z}") for z in "ABC"}
+    assert {(g, low, high) for g, low, high, s in _rules(stack, aws) if s == "0.0.0.0/0"} == {("NlbSg", 443, 443)}
+
+
+def test_internal_balancer_without_nat_has_no_public_subnets(aws: Callable[[str], Any]) -> None:
+    stack = deploy(aws, "mlflow-ha-closed", "external", NatGateway="false")
+    assert not {"PublicSubnetA", "InternetGateway", "Nat"} & stack["resources"].keys()
 
 
 def test_external_store_buckets_and_roles(stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
