@@ -12,13 +12,14 @@ SCENARIO ?=
 MOLECULE_JOBS ?= 2
 
 .PHONY: help bootstrap host engine image venv controller weed etcd wheelhouse actionlint promtool lab lab-destroy test lint sanity unit \
-	deploy-check molecule e2e bench clean
+	deploy-check cloud molecule e2e bench clean
 
 help:
 	@echo "make lab        build the local container lab (inventories/lab): site.yml + validate.yml, prints the URLs"
 	@echo "make lab-destroy  remove the lab"
 	@echo "make test       lint + sanity + unit + molecule + the lab's end-to-end chaos test (what CI runs)"
 	@echo "make bench      registration load and faults against the lab; JSON result in tests/output/bench"
+	@echo "make cloud      the AWS template (cloud/aws) linted and deployed on a local moto server, inventory included"
 	@echo "make molecule SCENARIO=roles/<role>/molecule/default   one scenario"
 	@echo "make controller a deployment controller without Docker: venv + wheelhouses (docs/deploy.md)"
 
@@ -78,6 +79,12 @@ unit: venv promtool
 # exist, the example inventory has every group site.yml needs, the playbooks it names pass --syntax-check.
 deploy-check: venv
 	pytest tests/deploy
+
+# The AWS CloudFormation template without a cloud or Docker: cfn-lint, then tests/cloud deploys it (both storage
+# variants) on moto's server on 127.0.0.1 and builds the inventory from it with inventories/aws (docs/cloud-aws.md).
+cloud: venv
+	cfn-lint cloud/aws/*.yml
+	pytest tests/cloud
 
 # The SeaweedFS binary the storage scenarios install (built once from its Go module, cached outside the checkout).
 weed:

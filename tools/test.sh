@@ -42,7 +42,7 @@ background wheelhouse wheelhouse
 # core each way) instead of before them (docs/harness.md, "lint, sanity and unit side by side"). The molecule
 # phase waits for it; a failure stops the run there with its log.
 background sanity sanity
-for target in lint unit deploy-check; do
+for target in lint unit deploy-check cloud; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
 done
 await sanity
