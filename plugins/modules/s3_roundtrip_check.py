@@ -195,8 +195,9 @@ def main():
     client = boto3.client(
         "s3", endpoint_url=p["endpoint_url"], aws_access_key_id=p["access_key"],
         aws_secret_access_key=p["secret_key"], region_name=p["region"], verify=verify,
-        config=Config(s3={"addressing_style": p["addressing_style"]}, connect_timeout=p["timeout"], read_timeout=p["timeout"],
-                      retries={"max_attempts": 1, "mode": "standard"}, signature_version="s3v4"),
+        config=Config(s3={"addressing_style": p["addressing_style"]}, connect_timeout=p["timeout"],
+                      read_timeout=p["timeout"], retries={"max_attempts": 1, "mode": "standard"},
+                      signature_version="s3v4"),
     )
     check = S3Check(client, p["bucket"], p["endpoint_url"],
                     policy=RetryPolicy(max_attempts=p["max_attempts"], deadline=p["deadline"]))
