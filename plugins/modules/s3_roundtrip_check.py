@@ -18,7 +18,8 @@ description:
     prove that objects written earlier survive a node loss or a restore.
   - Steps are retried with exponential backoff and full jitter on connection errors and 429/5xx answers (each
     step is idempotent); an authorization or not-found answer fails at once.
-  - Uses the stack's one S3 contract, the same for SeaweedFS, MinIO or AWS, with path-style addressing.
+  - Uses the stack's one S3 contract, the same for SeaweedFS, MinIO or AWS, with path-style addressing unless
+    O(addressing_style) says otherwise.
 author:
   - mlflow-ha developers (@mlflow-ha)
 requirements:
@@ -44,6 +45,13 @@ options:
     description: Region name for request signing.
     type: str
     default: us-east-1
+  addressing_style:
+    description:
+      - How the bucket goes into requests - V(path) (C(https://endpoint/bucket/key)), V(virtual)
+        (C(https://bucket.endpoint/key), as AWS prefers) or V(auto) (botocore's choice).
+    type: str
+    choices: [path, virtual, auto]
+    default: path
   ca_path:
     description: CA bundle to verify an HTTPS endpoint with.
     type: path
@@ -165,6 +173,7 @@ def main():
             secret_key=dict(type="str", required=True, no_log=True),
             bucket=dict(type="str", required=True),
             region=dict(type="str", default="us-east-1"),
+            addressing_style=dict(type="str", default="path", choices=["path", "virtual", "auto"]),
             ca_path=dict(type="path"),
             validate_certs=dict(type="bool", default=True),
             size=dict(type="int", default=1048576),
@@ -186,8 +195,9 @@ def main():
     client = boto3.client(
         "s3", endpoint_url=p["endpoint_url"], aws_access_key_id=p["access_key"],
         aws_secret_access_key=p["secret_key"], region_name=p["region"], verify=verify,
-        config=Config(s3={"addressing_style": "path"}, connect_timeout=p["timeout"], read_timeout=p["timeout"],
-                      retries={"max_attempts": 1, "mode": "standard"}, signature_version="s3v4"),
+        config=Config(s3={"addressing_style": p["addressing_style"]}, connect_timeout=p["timeout"],
+                      read_timeout=p["timeout"], retries={"max_attempts": 1, "mode": "standard"},
+                      signature_version="s3v4"),
     )
     check = S3Check(client, p["bucket"], p["endpoint_url"],
                     policy=RetryPolicy(max_attempts=p["max_attempts"], deadline=p["deadline"]))

@@ -903,3 +903,9 @@ def test_the_loss_of_every_database_machine_is_restored_from_the_off_site_reposi
     assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
     final = run_lab("validate")
     assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"
+
+
+# -- Last: the external S3 backend (tests/lab/test_external_s3.py), re-converging MLflow and back -----------------
+# Imported here so that it runs in this module's lab, after every other test: pytest collects a module's tests in the
+# order they appear in it.
+from test_external_s3 import test_mlflow_writes_artifacts_to_an_external_s3_endpoint  # noqa: E402, F401
