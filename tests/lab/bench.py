@@ -20,7 +20,10 @@ the processes that used the most CPU during the phase (per machine, from /proc),
 registration's seconds go, hop by hop (tests/lab/hops.py). BENCH_BASELINE=0 skips it.
 
 Artifact sizes (BENCH_ARTIFACT_SIZES, default "2K,10M,200M,1G"; empty skips): each uploaded and read back with the
-official client through the lab's proxied path and the baseline's (tests/lab/artifact_sizes.py)."""
+official client through the lab's proxied path and the baseline's (tests/lab/artifact_sizes.py).
+
+Growth (BENCH_GROWTH, default "0,10000,50000"; empty skips): registration latency through the lab with that many
+versions already in the registry (seeded into PostgreSQL by tools/registry_seed.py through the VIP's primary port)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -97,9 +101,10 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def phase(lab: Lab, target: str, workers: int, seconds: float, warmup: float, stamp: str, uri: str,
-          env: dict) -> dict:
-    """One load phase against one registry: registrations that started after the warm-up and ended in the phase."""
-    load = Load(lab, f"bench-{stamp}-{target}-c{workers}-{int(time.time())}", workers=workers, out=OUT,
+          env: dict, name: str = "") -> dict:
+    """One load phase against one registry: registrations that started after the warm-up and ended in the phase.
+    name: the load's name (its models are lab-<name>-w<worker>); by default a new one per phase."""
+    load = Load(lab, name or f"bench-{stamp}-{target}-c{workers}-{int(time.time())}", workers=workers, out=OUT,
                 tracking_uri=uri, client_env=env)
     cpu0 = process_cpu_seconds(load.proc.pid)
     time.sleep(warmup)
@@ -191,6 +196,55 @@ def artifact_sizes(lab: Lab, sizes: str, baseline: bool) -> dict:
     return out
 
 
+SEED = ROOT / "tools" / "registry_seed.py"
+
+
+def lab_store_uri(lab: Lab) -> str:
+    """The tracking store's URI as the MLflow servers use it, through the VIP's primary port (TLS, the lab CA)."""
+    site = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
+    user = site.get("mlflow_db_user", "mlflow")
+    password = next(u["password"] for u in site["patroni_users"] if u["name"] == user)
+    port = yaml.safe_load((ROOT / "roles" / "haproxy" / "defaults" / "main.yml").read_text())[
+        "haproxy_postgres_primary_port"]
+    return (f"postgresql+psycopg2://{user}:{password}@{lab.vip}:{port}/{site.get('mlflow_db_name', 'mlflow')}"
+            f"?sslmode=verify-full&sslrootcert={lab.ca_path}")
+
+
+def growth(lab: Lab, stamp: str) -> list[dict]:
+    """Registration latency through the whole lab at each registry size of BENCH_GROWTH (existing versions, split
+    over the load's models, seeded straight into the database by tools/registry_seed.py with their runs and tagged
+    keys): a registration's key search then runs against that many versions and tags."""
+    sizes = [int(n) for n in os.environ.get("BENCH_GROWTH", "0,10000,50000").split(",") if n.strip()]
+    workers = int(os.environ.get("BENCH_WORKERS", "4"))
+    seconds = float(os.environ.get("BENCH_PHASE_SECONDS", "45"))
+    warmup = float(os.environ.get("BENCH_WARMUP", "5"))
+    name = f"growth-{stamp}"
+    rows = []
+    with tempfile.NamedTemporaryFile("w", prefix="bench-uri-", dir=OUT, delete=True) as uri_file:
+        os.chmod(uri_file.name, 0o600)
+        uri_file.write(lab_store_uri(lab) + "\n")
+        uri_file.flush()
+        for size in sizes:
+            started = time.monotonic()
+            for index in range(workers):
+                if size // workers == 0:
+                    continue
+                seeded = subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(SEED), "--uri-file",
+                                         uri_file.name, "--model", f"lab-{name}-w{index}", "--versions",
+                                         str(size // workers), "--experiment", f"lab-{name}-seed"],
+                                        capture_output=True, text=True, check=False)
+                if seeded.returncode != 0:
+                    raise RuntimeError(f"seeding {size} versions failed:\n{tail(seeded.stdout + seeded.stderr)}")
+            seed_seconds = round(time.monotonic() - started, 1)
+            done = phase(lab, "ha", workers, seconds, warmup, stamp, lab.api_url, lab.client_env(), name=name)
+            latencies = done.pop("latencies")
+            rows.append({"existing_versions": size, "seed_seconds": seed_seconds, **done,
+                         "registrations_per_second": round(done["registrations"] / max(1.0, done["seconds"]), 2),
+                         "latency_seconds": {f"p{q}": percentile(latencies, q) for q in (50, 90, 99)}})
+            print(f"bench: growth at {size} versions: {rows[-1]['latency_seconds']}", flush=True)
+    return rows
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return round(a / b, 2) if a is not None and b else None
 
@@ -209,6 +263,7 @@ def main() -> int:
     compared = side_by_side(lab, stamp) if with_baseline else None
     sizes = os.environ.get("BENCH_ARTIFACT_SIZES", "2K,10M,200M,1G")
     transfers = artifact_sizes(lab, sizes, with_baseline) if sizes else None
+    grown = growth(lab, stamp) if os.environ.get("BENCH_GROWTH", "0,10000,50000") else None
     load = Load(lab, f"bench-{stamp}", workers=workers, out=OUT)
     faults: list[dict] = []
     try:
@@ -236,6 +291,7 @@ def main() -> int:
         },
         "side_by_side": compared,
         "artifact_sizes": transfers,
+        "growth": grown,
         "faults": faults,
         "totals": summarize(events, load.verify()),
     }
