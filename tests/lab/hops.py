@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labctl import Lab, role_settings
+from labctl import ROOT, Lab, role_settings
 
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))  # the collection by its FQCN (the link tools/venv.sh makes)
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils.prometheus import parse
 
 Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
