@@ -109,13 +109,13 @@ def _sources(rules: set[tuple[str, int, int, str]], group: str, port: int) -> se
 def test_security_groups_admit_only_the_collection_flows(stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
     rules = _rules(stack, aws)
     own = stack["backend"] == "seaweedfs"
-    logical = {g for g, *_ in rules} | {s for *_, s in rules if not s[0].isdigit()}
+    logical = {rule[0] for rule in rules} | {rule[-1] for rule in rules if not rule[-1][0].isdigit()}
     assert ("StorageSg" in logical) == own
     # From outside the VPC: 443 on the load balancer only (ClientCidr, default anywhere); every other CIDR is the
     # admin network, every other source a group of this stack.
     assert {(g, low, high) for g, low, high, s in rules if s == "0.0.0.0/0"} == {("NlbSg", 443, 443)}
-    assert {s for *_, s in rules if s[0].isdigit()} == {"0.0.0.0/0", ADMIN_CIDR}
-    assert {s for *_, s in rules if not s[0].isdigit()} <= set(GROUP_SG.values()) | {"DatabaseSg", "NlbSg"}
+    assert {rule[-1] for rule in rules if rule[-1][0].isdigit()} == {"0.0.0.0/0", ADMIN_CIDR}
+    assert {rule[-1] for rule in rules if not rule[-1][0].isdigit()} <= set(GROUP_SG.values()) | {"DatabaseSg", "NlbSg"}
     # etcd: peers among the members only; clients are the members (Patroni runs on the same hosts).
     assert _sources(rules, "DatabaseSg", 2380) == {"DatabaseSg"}
     assert _sources(rules, "DatabaseSg", 2379) == {"DatabaseSg"}
@@ -228,8 +228,8 @@ def test_external_store_buckets_and_roles(stack: dict[str, Any], aws: Callable[[
         if isinstance(document, str):
             # moto 5.2.6 keeps a CloudFormation role's inline policy as the str() of a Python dict, not as JSON.
             document = ast.literal_eval(document)
-        resources = [r for s in document["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str)
-                                                                 else s["Resource"])]
+        resources = [r for s in document["Statement"]
+                     for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
         arn = f"arn:aws:s3:::{buckets[bucket]}"
         assert sorted(resources) == sorted([arn, f"{arn}/*"]), role
         actions = {a for s in document["Statement"] for a in s["Action"]}

@@ -62,8 +62,7 @@ def measure(client: MlflowClient, uri: str, experiment_id: str, label: str, size
         upload = time.monotonic() - t0
         src.unlink()
         t0 = time.monotonic()
-        got = Path(download_artifacts(run_id=run.info.run_id, artifact_path=src.name, dst_path=work,
-                                       tracking_uri=uri))
+        got = Path(download_artifacts(run_id=run.info.run_id, artifact_path=src.name, dst_path=work, tracking_uri=uri))
         download = time.monotonic() - t0
         same = sha256_of(got) == want
     client.set_terminated(run.info.run_id)

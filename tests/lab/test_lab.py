@@ -38,6 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dr_artifacts
+import external_s3
 from dashboards import all_queries, check_queries
 from labctl import (
     OUTPUT,
@@ -905,7 +906,8 @@ def test_the_loss_of_every_database_machine_is_restored_from_the_off_site_reposi
     assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"
 
 
-# -- Last: the external S3 backend (tests/lab/test_external_s3.py), re-converging MLflow and back -----------------
-# Imported here so that it runs in this module's lab, after every other test: pytest collects a module's tests in the
-# order they appear in it.
-from test_external_s3 import test_mlflow_writes_artifacts_to_an_external_s3_endpoint  # noqa: E402, F401
+# -- Last: the external S3 backend (tests/lab/external_s3.py), re-converging MLflow and back --------------------
+# Last in this module, so that it changes nothing the other tests see: pytest runs a module's tests in the order
+# they appear in it.
+def test_mlflow_writes_artifacts_to_an_external_s3_endpoint(lab):
+    external_s3.check(lab)

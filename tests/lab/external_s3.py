@@ -6,8 +6,7 @@ settings (its S3 round trip against that endpoint with the MLflow servers' keys,
 registration whose artifact MLflow uploads there and reads back), then the role is converged back and the lab
 validates as before.
 
-The test function runs inside test_lab.py's lab: test_lab.py imports it last, so it runs after every other lab
-test and changes nothing they see. Collected here on its own it is skipped (no lab)."""
+test_lab.py's last test runs check() in its lab, after every other lab test, so it changes nothing they see."""
 
 from __future__ import annotations
 
@@ -15,12 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labctl import ROOT, Lab, role_settings, run_lab, tail
-
-pytestmark = pytest.mark.skip(reason="runs in test_lab.py's lab, which imports it as its last test")
 
 # Where the pki role's trust entry point installs the collection CA on every host (the mlflow role's default CA).
 HOST_CA = "/usr/local/share/ca-certificates/mlflow-ha-ca.crt"
@@ -40,7 +35,7 @@ def server_env(lab: Lab, host: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
-def test_mlflow_writes_artifacts_to_an_external_s3_endpoint(lab):
+def check(lab: Lab) -> None:
     settings = external_settings(lab)
     storage = lab.groups["storage"][0]
     port = settings["mlflow_ha_s3_endpoint"].rsplit(":", 1)[1]
