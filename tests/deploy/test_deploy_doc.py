@@ -21,8 +21,6 @@ DOC = ROOT / "docs" / "deploy.md"
 EXAMPLE = ROOT / "inventories" / "example"
 WORKFLOWS = ROOT / "cloud" / "pipelines" / "github" / "workflows"
 BIN = Path(sys.executable).parent
-# Written on another branch of issue 18 (the AWS path): checked once they are here.
-OTHER_BRANCH = ("cloud/aws", "inventories/aws", "docs/cloud-aws.md")
 # Inventories the doc tells users to create (the pipeline's environments).
 USER_INVENTORIES = ("inventories/staging", "inventories/production")
 # Groups a site needs hosts in: site.yml's own check (etcd, postgres, storage, lb, mlflow), the monitoring play, and
@@ -100,8 +98,6 @@ def ansible_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", named_paths())
 def test_every_path_the_doc_names_exists(path):
-    if path.startswith(OTHER_BRANCH) and not (ROOT / path).exists():
-        pytest.skip(f"{path}: written on the cloud-aws branch, not merged here yet")
     assert (ROOT / path).exists(), f"docs/deploy.md names {path}, which is not in the repository"
 
 
