@@ -54,6 +54,12 @@ for unit in getty.target console-getty.service systemd-udevd.service systemd-tim
   ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
 done
 : >"$rootfs/etc/machine-id"
+# sshd as on any Debian VM (tests/lab/deploy_path.py logs in over SSH as docs/deploy.md says); each container makes its
+# own host keys at first start, as cloud-init does on a VM, instead of sharing the image's (the drop-in first clears
+# Debian's ExecStartPre, `sshd -t`, which fails while no key exists, and runs it again after ssh-keygen).
+rm -f "$rootfs"/etc/ssh/ssh_host_*
+mkdir -p "$rootfs/etc/systemd/system/ssh.service.d"
+printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' >"$rootfs/etc/systemd/system/ssh.service.d/host-keys.conf"
 # Package lists stay, as on a freshly installed VM (check mode cannot refresh them).
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb
 

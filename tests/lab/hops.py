@@ -68,6 +68,11 @@ def _weighted(after: dict[str, Counters], requests: dict[str, float], name: str,
     return sum(_pick(after[h], name, **labels) * n for h, n in requests.items()) / total
 
 
+def _per(before: dict[str, Counters], after: dict[str, Counters], name: str, registrations: int,
+         **labels: str) -> float:
+    return round(sum(_delta(before, after, name, **labels).values()) / registrations, 3)
+
+
 def per_hop(before: dict, after: dict, registrations: int, client_mean_seconds: Optional[float],
             database: str = "mlflow") -> dict:
     """Seconds per registration in each hop between two snapshot()s (see the module's docstring)."""
@@ -108,6 +113,20 @@ def per_hop(before: dict, after: dict, registrations: int, client_mean_seconds: 
             "database_transactions": each(xact_seconds),
             "database_pool_wait": each(wait_seconds),
             "s3_through_haproxy": None if s3_seconds is None else round(s3_seconds, 4),
+        },
+        # TLS handshakes: connections per registration on each TLS leg. The client's to the VIP (HAProxy's frontend);
+        # HAProxy's to the MLflow servers and to the S3 gateways: new connections (a handshake each) and requests sent
+        # over an idle kept-alive one (HAProxy counts the two apart: `connect` and `reuse` in its stats).
+        "connections_per_registration": {
+            "client_to_haproxy": _per(ha_b, ha_a, "haproxy_frontend_connections_total", registrations, proxy="mlflow"),
+            "haproxy_to_mlflow_new": _per(ha_b, ha_a, "haproxy_backend_connection_attempts_total", registrations,
+                                          proxy="mlflow"),
+            "haproxy_to_mlflow_reused": _per(ha_b, ha_a, "haproxy_backend_connection_reuses_total", registrations,
+                                             proxy="mlflow"),
+            "haproxy_to_s3_new": _per(ha_b, ha_a, "haproxy_backend_connection_attempts_total", registrations,
+                                      proxy="s3"),
+            "haproxy_to_s3_reused": _per(ha_b, ha_a, "haproxy_backend_connection_reuses_total", registrations,
+                                         proxy="s3"),
         },
         "haproxy_averages_seconds": {"mlflow_response": mlflow_response, "mlflow_total": mlflow_total,
                                      "s3_response": s3_response, "s3_total": s3_total},
