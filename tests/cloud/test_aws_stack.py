@@ -41,6 +41,7 @@ def test_outputs_are_what_the_inventory_reads(stack: dict[str, Any], aws: Callab
     assert outputs["StorageBackend"] == stack["backend"]
     assert outputs["VpcCidr"] == "10.20.0.0/16"
     assert outputs["Region"] == REGION
+    assert outputs["ArtifactBackupBucketName"] == physical(stack, "ArtifactBackupBucket")
     external = {"S3Endpoint", "ArtifactBucketName", "BackupBucketName"}
     if stack["backend"] == "external":
         assert external <= outputs.keys()
@@ -155,6 +156,35 @@ def test_each_host_is_in_its_groups_security_group(stack: dict[str, Any], invent
             assert [g["group_id"] for g in hostvars[host]["security_groups"]] == [physical(stack, sg)], host
 
 
+def _instances_in_template() -> dict[str, dict[str, Any]]:
+    resources = yaml.safe_load(TEMPLATE.read_text())["Resources"]
+    return {name: r for name, r in resources.items() if r["Type"] == "AWS::EC2::Instance"}
+
+
+def test_every_instance_requires_imdsv2(stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
+    """Instance metadata only with a session token (IMDSv2), one hop, on every machine. moto 5.2.6 models the launch
+    template (its data is read back through the EC2 API here), but its AWS::EC2::Instance handler ignores the
+    instance's LaunchTemplate property, so moto's instances keep its default metadata options: that every instance
+    takes the template, and its latest version, is checked in the template's text."""
+    template_id = physical(stack, "InstanceLaunchTemplate")
+    (version,) = aws("ec2").describe_launch_template_versions(
+        LaunchTemplateId=template_id, Versions=["$Latest"])["LaunchTemplateVersions"]
+    options = version["LaunchTemplateData"]["MetadataOptions"]
+    assert options["HttpTokens"] == "required"
+    assert int(options["HttpPutResponseHopLimit"]) == 1
+    assert options["HttpEndpoint"] == "enabled"
+    instances = _instances_in_template()
+    assert len(instances) == 12
+    for name, resource in instances.items():
+        assert resource["Properties"]["LaunchTemplate"] == {
+            "LaunchTemplateId": {"Ref": "InstanceLaunchTemplate"},
+            "Version": {"Fn::GetAtt": ["InstanceLaunchTemplate", "LatestVersionNumber"]}}, name
+        assert "MetadataOptions" not in resource["Properties"], name
+    # Every instance the stack created is one of those (none without the template).
+    created = {logical for logical, r in stack["resources"].items() if r["ResourceType"] == "AWS::EC2::Instance"}
+    assert created and created <= instances.keys()
+
+
 def test_the_network_load_balancer_is_the_entry_point(stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
     elbv2 = aws("elbv2")
     arn = physical(stack, "LoadBalancer")
@@ -213,7 +243,8 @@ def test_internal_balancer_without_nat_has_no_public_subnets(aws: Callable[[str]
 
 def test_external_store_buckets_and_roles(stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
     if stack["backend"] != "external":
-        assert not {"ArtifactBucket", "BackupBucket", "MlflowRole", "DatabaseRole"} & stack["resources"].keys()
+        assert not {"ArtifactBucket", "BackupBucket", "MlflowRole", "DatabaseRole",
+                    "ArtifactBackupSourcePolicy"} & stack["resources"].keys()
         return
     s3 = aws("s3")
     buckets = {"ArtifactBucket": physical(stack, "ArtifactBucket"), "BackupBucket": physical(stack, "BackupBucket")}
@@ -241,8 +272,55 @@ def test_external_store_buckets_and_roles(stack: dict[str, Any], aws: Callable[[
                           ("Pg1", "DatabaseInstanceProfile"), ("Pg2", "DatabaseInstanceProfile"),
                           ("Pg3", "DatabaseInstanceProfile")):
         assert profiles[physical(stack, host)].endswith("/" + physical(stack, profile)), host
-    for host in ("Lb1", "Lb2", "Mon1"):
+    for host in ("Lb1", "Lb2"):
         assert physical(stack, host) not in profiles, host
+
+
+def _role_policies(aws: Callable[[str], Any], role: str) -> dict[str, dict[str, Any]]:
+    iam = aws("iam")
+    documents = {}
+    for policy in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+        if isinstance(document, str):
+            # moto 5.2.6 keeps a CloudFormation role's inline policy as the str() of a Python dict, not as JSON.
+            document = ast.literal_eval(document)
+        documents[policy] = document
+    return documents
+
+
+def _grants(document: dict[str, Any]) -> dict[str, set[str]]:
+    """resource -> actions allowed on it."""
+    grants: dict[str, set[str]] = {}
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow"
+        resources = [statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"]
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        for resource in resources:
+            grants.setdefault(resource, set()).update(actions)
+    return grants
+
+
+def test_the_artifact_backup_writes_its_bucket_with_mon1s_instance_role(
+        stack: dict[str, Any], aws: Callable[[str], Any]) -> None:
+    """Either backend: mon1 (the artifact backup's rclone, env_auth) may list, read, write and delete in the artifact
+    backup bucket, and nothing else there; with the external store also list and read the artifact bucket."""
+    backup = f"arn:aws:s3:::{physical(stack, 'ArtifactBackupBucket')}"
+    rule = aws("s3").get_bucket_encryption(Bucket=physical(stack, "ArtifactBackupBucket"))[
+        "ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    policies = _role_policies(aws, physical(stack, "ArtifactBackupRole"))
+    expected = {"artifact-backup-target": {backup: {"s3:ListBucket", "s3:GetBucketLocation"},
+                                           f"{backup}/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}}}
+    if stack["backend"] == "external":
+        source = f"arn:aws:s3:::{physical(stack, 'ArtifactBucket')}"
+        expected["artifact-backup-source"] = {source: {"s3:ListBucket", "s3:GetBucketLocation"},
+                                              f"{source}/*": {"s3:GetObject"}}
+    assert {name: _grants(document) for name, document in policies.items()} == expected
+    associations = aws("ec2").describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+    profiles = {a["InstanceId"]: a["IamInstanceProfile"]["Arn"] for a in associations}
+    assert profiles[physical(stack, "Mon1")].endswith("/" + physical(stack, "ArtifactBackupInstanceProfile"))
+    assert [p for p in profiles.values() if p.endswith("/" + physical(stack, "ArtifactBackupInstanceProfile"))] == [
+        profiles[physical(stack, "Mon1")]], "mon1 only"
 
 
 def test_buckets_are_private_versioned_and_refuse_plain_http() -> None:
@@ -250,7 +328,7 @@ def test_buckets_are_private_versioned_and_refuse_plain_http() -> None:
     AWS::S3::BucketPolicy (it skips the resource with a warning): versioning, the public access block, object
     ownership and the TLS-only policy are checked in the template itself."""
     resources = yaml.safe_load(TEMPLATE.read_text())["Resources"]
-    for name in ("ArtifactBucket", "BackupBucket"):
+    for name in ("ArtifactBucket", "BackupBucket", "ArtifactBackupBucket"):
         properties = resources[name]["Properties"]
         assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
         block = properties["PublicAccessBlockConfiguration"]
@@ -258,7 +336,10 @@ def test_buckets_are_private_versioned_and_refuse_plain_http() -> None:
             ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True)
         assert properties["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
         assert resources[name]["DeletionPolicy"] == "Retain"
-    for name in ("ArtifactBucketPolicy", "BackupBucketPolicy"):
+    # The artifact backup's role may not abort multipart uploads: the bucket does it for uploads rclone left.
+    (rule,) = resources["ArtifactBackupBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled" and rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    for name in ("ArtifactBucketPolicy", "BackupBucketPolicy", "ArtifactBackupBucketPolicy"):
         (statement,) = resources[name]["Properties"]["PolicyDocument"]["Statement"]
         assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
         assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -289,9 +370,12 @@ def test_stack_outputs_reach_the_collection_variables(stack: dict[str, Any], mot
     outputs = stack["outputs"]
     assert written["mlflow_ha_aws_endpoint_dns_name"] == outputs["EndpointDnsName"]
     assert written["mlflow_ha_aws_artifact_bucket"] == outputs.get("ArtifactBucketName", "")
+    assert written["mlflow_ha_aws_artifact_backup_bucket"] == outputs["ArtifactBackupBucketName"]
 
     names = ["mlflow_ha_entrypoint", "mlflow_ha_endpoint", "mlflow_ha_storage_backend", "mlflow_ha_s3_endpoint",
-             "mlflow_ha_s3_region", "mlflow_ha_s3_bucket", "haproxy_cert_sans", "journal_remote_allowed_networks"]
+             "mlflow_ha_s3_region", "mlflow_ha_s3_bucket", "haproxy_cert_sans", "journal_remote_allowed_networks",
+             "artifact_backup_source_endpoint", "artifact_backup_source_bucket", "artifact_backup_target_endpoint",
+             "artifact_backup_target_bucket", "artifact_backup_target_region", "artifact_backup_target_instance_role"]
     expression = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} | to_json }}"
     result = subprocess.run(
         [str(BIN / "ansible"), "lb1", "-i", str(directory), "-m", "ansible.builtin.debug", "-a", f"msg={expression}"],
@@ -307,4 +391,11 @@ def test_stack_outputs_reach_the_collection_variables(stack: dict[str, Any], mot
         "mlflow_ha_s3_bucket": outputs.get("ArtifactBucketName", ""),
         "haproxy_cert_sans": [f"DNS:{outputs['EndpointDnsName']}"],
         "journal_remote_allowed_networks": [outputs["VpcCidr"]],
+        "artifact_backup_source_endpoint": (outputs["S3Endpoint"] if stack["backend"] == "external"
+                                            else f"https://{outputs['EndpointDnsName']}:9000"),
+        "artifact_backup_source_bucket": outputs.get("ArtifactBucketName", "mlflow"),
+        "artifact_backup_target_endpoint": f"https://s3.{REGION}.amazonaws.com",
+        "artifact_backup_target_bucket": outputs["ArtifactBackupBucketName"],
+        "artifact_backup_target_region": REGION,
+        "artifact_backup_target_instance_role": True,
     }

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 from fakes import load_program
-from role_vars import ROOT, render
+from role_vars import ROOT, _trusted, render, role_vars
 
 from ansible_collections.mlops.mlflow_ha.plugins.module_utils import prometheus
 
@@ -317,3 +319,100 @@ def test_the_settings_load_what_the_role_writes(tmp_path):
     loaded = ab.Settings.load(str(path))
     assert loaded.exclude_history == ["--exclude", "/_history/**"]
     assert (loaded.transfers, loaded.clock_margin) == (8, 60)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rclone's remotes and the key checks: keys from a vault, or none and rclone's env_auth (the instance role)
+
+KEYS = {"artifact_backup_source_endpoint": "https://lb.example:9000", "artifact_backup_source_access_key": "src-key",
+        "artifact_backup_source_secret_key": "src-secret", "artifact_backup_target_endpoint": "https://s3.example",
+        "artifact_backup_target_access_key": "dst-key", "artifact_backup_target_secret_key": "dst-secret"}
+NO_SOURCE_KEYS = {"artifact_backup_source_access_key": "", "artifact_backup_source_secret_key": ""}
+NO_TARGET_KEYS = {"artifact_backup_target_access_key": "", "artifact_backup_target_secret_key": ""}
+EXTERNAL = {"mlflow_ha_storage_backend": "external"}
+
+
+def role_templar(**overrides) -> Templar:
+    variables = {**role_vars("artifact_backup"), **DEFAULTS, **KEYS, "ansible_managed": "Ansible managed", **overrides}
+    return Templar(loader=DataLoader(), variables=_trusted(variables))
+
+
+def remotes(**overrides) -> dict[str, dict[str, str]]:
+    """templates/rclone.conf.j2 rendered, read back as rclone reads it (sections of key = value lines)."""
+    text = role_templar(**overrides).template(trust_as_template((ROLE / "templates" / "rclone.conf.j2").read_text()))
+    sections: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif line and not line.startswith("#"):
+            key, _sep, value = line.partition(" = ")
+            assert key not in current, f"{key} twice"
+            current[key] = value
+    return sections
+
+
+def test_with_keys_both_remotes_carry_them_and_no_env_auth():
+    conf = remotes()
+    assert conf["source"]["access_key_id"] == "src-key" and conf["source"]["secret_access_key"] == "src-secret"
+    assert conf["target"]["access_key_id"] == "dst-key" and conf["target"]["secret_access_key"] == "dst-secret"
+    assert "env_auth" not in conf["source"] and "env_auth" not in conf["target"]
+    assert conf["source"]["endpoint"] == "https://lb.example:9000" and conf["target"]["no_check_bucket"] == "true"
+
+
+def test_a_side_without_keys_uses_env_auth_and_writes_no_empty_key():
+    conf = remotes(**EXTERNAL, **NO_SOURCE_KEYS)
+    assert conf["source"]["env_auth"] == "true"
+    assert "access_key_id" not in conf["source"] and "secret_access_key" not in conf["source"]
+    assert conf["target"]["access_key_id"] == "dst-key" and "env_auth" not in conf["target"]
+    conf = remotes(artifact_backup_target_instance_role=True, **NO_TARGET_KEYS)
+    assert conf["target"]["env_auth"] == "true" and "access_key_id" not in conf["target"]
+    assert conf["source"]["access_key_id"] == "src-key"
+
+
+def key_check(name: str, **overrides) -> tuple[bool, str]:
+    """One assert of tasks/preflight.yml, its conditions and message rendered as Ansible would."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "preflight.yml").read_text())
+    task = next(t for t in tasks if t["name"] == name)
+    assert "no_log" not in task, "no_log would hide the message"
+    check = task["ansible.builtin.assert"]
+    templar = role_templar(**overrides)
+    conditions = check["that"] if isinstance(check["that"], list) else [check["that"]]
+    ok = all(templar.template(trust_as_template("{{ %s }}" % cond)) for cond in conditions)
+    return ok, " ".join(templar.template(trust_as_template(check["fail_msg"])).split())
+
+
+SOURCE_EMPTY = ("artifact_backup: artifact_backup_source_access_key and artifact_backup_source_secret_key are empty: "
+                "set them from a vault (only with mlflow_ha_storage_backend external may both stay empty: rclone then "
+                "reads the bucket with the instance role of the backup host).")
+TARGET_EMPTY = ("artifact_backup: artifact_backup_target_access_key and artifact_backup_target_secret_key are empty: "
+                "set them from a vault, or set artifact_backup_target_instance_role to true when the target (AWS S3) "
+                "accepts the instance role of the backup host (rclone then writes with it).")
+
+
+@pytest.mark.parametrize(("name", "overrides", "ok", "message"), [
+    ("Check the source keys", {}, True, None),
+    ("Check the source keys", {**EXTERNAL, **NO_SOURCE_KEYS}, True, None),
+    ("Check the source keys", NO_SOURCE_KEYS, False, SOURCE_EMPTY),
+    ("Check the source keys", {"mlflow_ha_storage_backend": "seaweedfs", **NO_SOURCE_KEYS}, False, SOURCE_EMPTY),
+    ("Check the source keys", {**EXTERNAL, "artifact_backup_source_access_key": ""}, False,
+     "artifact_backup: set both artifact_backup_source_access_key and artifact_backup_source_secret_key (from a "
+     "vault), or neither."),
+    ("Check the target keys", {}, True, None),
+    ("Check the target keys", {"artifact_backup_target_instance_role": True, **NO_TARGET_KEYS}, True, None),
+    ("Check the target keys", NO_TARGET_KEYS, False, TARGET_EMPTY),
+    ("Check the target keys", {**EXTERNAL, **NO_TARGET_KEYS}, False, TARGET_EMPTY),
+    ("Check the target keys", {"artifact_backup_target_instance_role": True, "artifact_backup_target_secret_key": ""},
+     False, "artifact_backup: set both artifact_backup_target_access_key and artifact_backup_target_secret_key (from "
+            "a vault), or neither."),
+])
+def test_the_key_checks_say_what_is_wrong(name, overrides, ok, message):
+    passed, text = key_check(name, **overrides)
+    assert passed is ok
+    if message:
+        assert text == message
+    assert "secret" not in text.replace("_secret_key", ""), "no key's value in the message"
+
+
+def test_the_endpoint_check_names_what_is_missing():
+    ok, text = key_check("Check the source and target endpoints", artifact_backup_target_endpoint="")
+    assert not ok and text == "artifact_backup: set artifact_backup_target_endpoint."
