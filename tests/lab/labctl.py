@@ -499,6 +499,10 @@ def faults(lab: Lab, gray: bool = True, cuts: bool = False) -> list[Fault]:
     more_cuts = [
         Fault("storage node serving S3", "cut", first_storage, lab.storage_whole, hold=35, storage=True,
               logs=STORAGE_LOGS),
+        # Whichever storage node leads SeaweedFS's masters (new uploads wait for the next leader's election): the
+        # measurement behind seaweedfs_master_election_timeout (docs/performance.md).
+        Fault("storage master leader", "cut", lab.storage_master_leader, lab.storage_whole, hold=35, storage=True,
+              logs=STORAGE_LOGS),
         Fault("mlflow server", "cut", lambda: lab.groups["mlflow"][0], lab.mlflow_whole, hold=30, logs=MLFLOW_LOGS),
         Fault("active load balancer", "cut", vip_holder, lab.lb_whole, hold=35, logs=LB_LOGS),
     ]
