@@ -5,6 +5,8 @@ MLflow servers; off (the default, the lab) MLflow and Patroni render what they r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +16,7 @@ import yaml
 from ansible.template import trust_as_template
 from role_vars import ROOT, render
 from test_entrypoint import CLOUD, LAB, NO_BACKUPS, SITE, VIP, env, firewall_rules, needs_ansible, play, templar, value
+from test_mlflow_app import app_module as APP_MODULE  # the role's program, loaded once there
 
 ON = {**LAB, "mlflow_ha_read_replica": True}
 HAPROXY_TEMPLATE = (ROOT / "roles" / "haproxy" / "templates" / "haproxy.cfg.j2").read_text()
@@ -172,3 +175,109 @@ def test_site_refuses_it_behind_a_cloud_load_balancer_without_the_port():
     out = play("inventory_site.yml", SITE, "always",
                {**NO_BACKUPS, **CLOUD, "mlflow_ha_vip": "", "mlflow_ha_read_replica": True})
     assert out.startswith("failed") and "that the cloud load balancer template does not have" in out
+
+
+# --- The key searches read from the primary (roles/mlflow/files/mlflow_ha_app.py: PrimaryReads, primary_aware) -----
+
+class Recorder:
+    """The wrapped app: what it received, and whether PRIMARY_READS was set while it ran."""
+
+    def __init__(self, app_module):
+        self.app_module, self.received, self.primary = app_module, [], None
+
+    async def __call__(self, scope, receive, send):
+        self.primary = self.app_module.PRIMARY_READS.get()
+        while True:
+            message = await receive()
+            self.received.append(message)
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+
+def search(app, path, query=b"", bodies=(b"",)):
+    messages = [{"type": "http.request", "body": b, "more_body": i < len(bodies) - 1} for i, b in enumerate(bodies)]
+    pending = list(messages)
+
+    async def receive():
+        return pending.pop(0)
+
+    async def send(message):
+        return None
+
+    scope = {"type": "http", "method": "POST" if bodies != (b"",) else "GET", "path": path, "query_string": query,
+             "headers": []}
+    asyncio.run(app(scope, receive, send))
+    return messages
+
+
+@pytest.fixture(name="app_module")
+def fixture_app_module():
+    return APP_MODULE
+
+
+def test_a_version_key_search_in_the_query_string_is_pinned(app_module):
+    inner = Recorder(app_module)
+    search(app_module.PrimaryReads(inner), "/api/2.0/mlflow/model-versions/search",
+           b"filter=name+%3D+%27m%27+and+tags.%60mlflow_ha.idempotency_key%60+%3D+%27k%27")
+    assert inner.primary is True
+    assert app_module.PRIMARY_READS.get() is False, "reset after the request"
+
+
+def test_a_run_key_search_in_a_split_body_is_pinned_and_the_body_passes_unchanged(app_module):
+    inner = Recorder(app_module)
+    sent = search(app_module.PrimaryReads(inner), "/ajax-api/2.0/mlflow/runs/search",
+                  bodies=(b'{"experiment_ids": ["1"], "filter": "tags.idem', b'potency_key = \'k\'"}'))
+    assert inner.primary is True, "the tag's name split between two messages is still found"
+    assert inner.received == sent
+
+
+@pytest.mark.parametrize("path, bodies", [
+    ("/api/2.0/mlflow/runs/search", (b'{"filter": "attributes.status = \'RUNNING\'"}',)),
+    ("/api/2.0/mlflow/runs/get", (b'{"run_id": "idempotency_key"}',)),
+    ("/api/2.0/mlflow/model-versions/get", (b"",)),
+])
+def test_other_reads_are_not_pinned(app_module, path, bodies):
+    inner = Recorder(app_module)
+    sent = search(app_module.PrimaryReads(inner), path, bodies=bodies)
+    assert inner.primary is False and inner.received == sent
+
+
+def test_pinned_reads_take_the_primary_session_and_the_others_mlflows_routing(app_module):
+    used = []
+
+    def routing(write, read, db_type):
+        return lambda read_only=True: session_of(used, "routed", read_only)
+
+    def managed(write, db_type):
+        return lambda read_only=True: session_of(used, "primary", read_only)
+
+    make = app_module.primary_aware(routing, managed)("write", "read", "postgresql")
+    with make(read_only=True):
+        pass
+    token = app_module.PRIMARY_READS.set(True)
+    try:
+        with make(read_only=True):
+            pass
+    finally:
+        app_module.PRIMARY_READS.reset(token)
+    with make(read_only=False):
+        pass
+    assert used == [("routed", True), ("primary", True), ("routed", False)]
+
+
+def session_of(used, name, read_only):
+    @contextlib.contextmanager
+    def session():
+        used.append((name, read_only))
+        yield name
+    return session()
+
+
+def test_only_a_server_with_a_read_replica_gets_the_middleware(app_module):
+    inner = Recorder(app_module)
+    assert app_module.primary_reads(inner, {}) is inner
+    assert isinstance(app_module.primary_reads(inner, {"MLFLOW_READ_REPLICA_BACKEND_STORE_URI": "postgresql://x"}),
+                      app_module.PrimaryReads)
+    assert isinstance(app_module.primary_reads(inner, {"_MLFLOW_SERVER_READ_REPLICA_BACKEND_STORE": "postgresql://x"}),
+                      app_module.PrimaryReads)
