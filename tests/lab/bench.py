@@ -23,7 +23,12 @@ Artifact sizes (BENCH_ARTIFACT_SIZES, default "2K,10M,200M,1G"; empty skips): ea
 official client through the lab's proxied path and the baseline's (tests/lab/artifact_sizes.py).
 
 Growth (BENCH_GROWTH, default "0,10000,50000"; empty skips): registration latency through the lab with that many
-versions already in the registry (seeded into PostgreSQL by tools/registry_seed.py through the VIP's primary port)."""
+versions already in the registry (seeded into PostgreSQL by tools/registry_seed.py through the VIP's primary port).
+
+Read scaling (BENCH_READ_REPLICA, unset: the lab as it is): 1 converges the lab with mlflow_ha_read_replica on before
+the phases (MLflow's reads on the synchronous standbys, Patroni's synchronous_commit remote_apply; docs/performance.md,
+"Read scaling"), 0 converges it off (the MLflow servers first). The lab keeps that state afterwards; the result's
+"read_replica" says which it was. Run the same BENCH_* once with each to compare."""
 
 from __future__ import annotations
 
@@ -245,6 +250,19 @@ def growth(lab: Lab, stamp: str) -> list[dict]:
     return rows
 
 
+def read_replica(on: bool) -> None:
+    """Converge the lab with mlflow_ha_read_replica on or off. On: the roles in site.yml's order, so that Patroni
+    commits with remote_apply before any MLflow server reads from a standby. Off: the MLflow servers first, so that
+    none still reads from a standby once commits stop waiting for its replay."""
+    switch = ["-e", json.dumps({"mlflow_ha_read_replica": on})]
+    steps = [["firewall,patroni,haproxy,mlflow"]] if on else [["mlflow"], ["patroni"]]
+    for step, tags in enumerate(steps, 1):
+        done = run_lab("converge", f"read-replica-{'on' if on else 'off'}-{step}", *switch, "--tags", *tags)
+        if done.returncode != 0:
+            raise RuntimeError(f"converging mlflow_ha_read_replica={on} failed:\n{tail(done.stdout + done.stderr)}")
+    print(f"bench: the lab converged with mlflow_ha_read_replica {'on' if on else 'off'}", flush=True)
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return round(a / b, 2) if a is not None and b else None
 
@@ -256,6 +274,9 @@ def main() -> int:
         if up.returncode != 0:
             print(tail(up.stdout + up.stderr), file=sys.stderr)
             return 1
+    switch = os.environ.get("BENCH_READ_REPLICA", "")
+    if switch:
+        read_replica(switch == "1")
     seconds = float(os.environ.get("BENCH_SECONDS", "120"))
     workers = int(os.environ.get("BENCH_WORKERS", "4"))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -282,6 +303,8 @@ def main() -> int:
     result = {
         "stamp": stamp,
         "workers": workers,
+        # mlflow_ha_read_replica as BENCH_READ_REPLICA converged it (None: the lab as it was, off unless set by hand).
+        "read_replica": {"1": True, "0": False}.get(switch),
         "steady": {
             "seconds": round(t_steady - t0, 1),
             "registrations": len(steady),

@@ -32,10 +32,17 @@ mlflow-presigned-downloads.md). Unless presigned transfers are wanted, the serve
 the message MLflow's client falls back on: every byte goes through the tracking servers, as `--serve-artifacts`
 promises, and a user needs only the tracking server's URL, CA and credentials.
 
+Idempotency-key searches on the primary (PrimaryReads, ASGI, and a session maker MLflow's stores get): with a read
+replica (mlflow server --read-replica-backend-store-uri, the mlflow role's mlflow_db_read_replica) MLflow runs every
+read-only store call there, the key searches a client makes before creating again included. A search of runs or model
+versions whose filter names an idempotency-key tag reads from the primary instead: a standby that missed the
+create (docs/performance.md, "Read scaling": a change of synchronous standby) would make the client create it twice.
+
 Environment: MLFLOW_HA_DEADLINE_HEADER (header name; empty: no guard), MLFLOW_HA_DEADLINE_GRACE_MS (a request is
 still served this many milliseconds past its deadline, for clock skew between client and server; 0 by default:
 the server rejects rather than risks a duplicate), MLFLOW_HA_PRESIGNED_TRANSFERS ("true": MLflow's own
-advertisement and presigned endpoints, for clients that reach and trust the S3 endpoint; otherwise proxied only).
+advertisement and presigned endpoints, for clients that reach and trust the S3 endpoint; otherwise proxied only),
+MLFLOW_READ_REPLICA_BACKEND_STORE_URI (set: the key searches read from the primary, above).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Dict, Optional
 
@@ -315,6 +323,96 @@ class UserStoreOutage:
             USER_STORE_ERRORS.reset(token)
 
 
+# The searches a client makes before creating again (runs and model versions; GET with the filter in the query string
+# or POST with it in the JSON body), under each REST prefix MLflow registers.
+KEY_SEARCH_PATH = re.compile(r"^(/.*)?/(api|ajax-api)/2\.0/mlflow/(runs|model-versions)/search/?$")
+# Both tag names the collection's clients use (mlflow_ha.idempotency_key, backticked, and idempotency_key): unchanged
+# by URL encoding, so found in the raw query string as in the body.
+KEY_MARK = b"idempotency_key"
+# A search body larger than this is passed on unread (no key search is this large).
+KEY_SEARCH_MAX_BODY = 1 << 20
+# True while a request that must read from the primary runs (MLflow's request thread gets a copy of the context).
+PRIMARY_READS: ContextVar[bool] = ContextVar("mlflow_ha_primary_reads", default=False)
+
+
+class PrimaryReads:
+    """ASGI middleware: marks an idempotency-key search (PRIMARY_READS) so that its reads go to the primary. The
+    request's body, read to look for the key, is handed to the app unchanged."""
+
+    def __init__(self, app: AsgiApp) -> None:
+        self.app = app
+        self.pinned = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http" or not KEY_SEARCH_PATH.match(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        held: list = []
+        if KEY_MARK in scope.get("query_string", b""):
+            primary = True
+        else:
+            size = 0
+            while True:
+                message = await receive()
+                held.append(message)
+                size += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body") or size > KEY_SEARCH_MAX_BODY:
+                    break
+            primary = KEY_MARK in b"".join(m.get("body", b"") for m in held)
+
+        async def replay() -> Message:
+            return held.pop(0) if held else await receive()
+
+        self.pinned += int(primary)
+        token = PRIMARY_READS.set(primary)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            PRIMARY_READS.reset(token)
+
+
+def primary_aware(routing: Callable[..., Any], managed: Callable[..., Any]) -> Callable[..., Any]:
+    """MLflow's routing session maker factory (read-only sessions on the replica) made to hand out primary sessions
+    while PRIMARY_READS is set. ``routing`` and ``managed`` are MLflow's _get_routing_session_maker and
+    _get_managed_session_maker."""
+
+    def factory(write_session_maker: Any, read_session_maker: Any, db_type: str) -> Callable[..., Any]:
+        routed = routing(write_session_maker, read_session_maker, db_type)
+        primary = managed(write_session_maker, db_type)
+
+        @contextmanager
+        def make_managed_session(read_only: bool = True):
+            with (primary if PRIMARY_READS.get() else routed)(read_only=read_only) as session:
+                yield session
+
+        return make_managed_session
+
+    return factory
+
+
+def install_primary_reads() -> None:
+    """Give MLflow's tracking and registry stores the primary-aware session makers; before any store exists (they are
+    built at a worker's first request)."""
+    utils = importlib.import_module("mlflow.store.db.utils")
+    registry = importlib.import_module("mlflow.store.model_registry.sqlalchemy_store")
+    # pylint: disable=protected-access
+    factory = primary_aware(utils._get_routing_session_maker, utils._get_managed_session_maker)
+    utils._get_routing_session_maker = factory  # the tracking store looks it up in the module at each build
+    registry._get_routing_session_maker = factory  # the registry store imported the name
+
+
+def read_replica(environ: Optional[Dict[str, str]] = None) -> bool:
+    """Whether MLflow runs with a read replica (the option's variable, or the one `mlflow server` hands its workers)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("MLFLOW_READ_REPLICA_BACKEND_STORE_URI")
+                or env.get("_MLFLOW_SERVER_READ_REPLICA_BACKEND_STORE"))
+
+
+def primary_reads(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
+    """With a read replica, app behind PrimaryReads (install_primary_reads must have run); without one, app as it is."""
+    return PrimaryReads(app) if read_replica(environ) else app
+
+
 def transfers(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
     """Proxied transfers only, unless the environment asks for MLflow's presigned ones."""
     env = os.environ if environ is None else environ
@@ -334,8 +432,9 @@ def guard(app: AsgiApp, environ: Optional[Dict[str, str]] = None) -> AsgiApp:
 
 def guard_server(app: AsgiApp) -> AsgiApp:
     """The guard at the door, and (when it is on) the one at the commit, as the environment configures them; the
-    artifact transfer policy outside both (a refused presigned request never reaches MLflow)."""
-    guarded = guard(app)
+    artifact transfer policy outside both (a refused presigned request never reaches MLflow); inside, with a read
+    replica, the key searches' reads on the primary."""
+    guarded = guard(primary_reads(app))
     if isinstance(guarded, DeadlineGuard):
         install_commit_guard(guarded.grace_ms)
     return transfers(guarded)
@@ -343,11 +442,15 @@ def guard_server(app: AsgiApp) -> AsgiApp:
 
 def create_app() -> AsgiApp:
     """MLflow's tracking server app (what `mlflow server` runs without --app-name), guarded."""
+    if read_replica():
+        install_primary_reads()
     return guard_server(importlib.import_module("mlflow.server.fastapi_app").app)
 
 
 def create_basic_auth_app() -> AsgiApp:
     """MLflow's basic-auth app (`--app-name basic-auth`), guarded, with its credential check made visible."""
+    if read_replica():
+        install_primary_reads()
     auth = importlib.import_module("mlflow.server.auth")
     app = guard_server(auth.create_app())
     auth._authenticate_cached = UserStoreCheck(auth._authenticate_cached)  # pylint: disable=protected-access
