@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the controller needs for the harness and the tests. Installs only what is missing.
+# Debian packages the controller needs for the harness and the tests (openssh-client: tests/lab/deploy_path.py logs in
+# to the lab over SSH as docs/deploy.md does). Installs only what is missing.
 source "$(dirname "$0")/lib.sh"
 
 need=()
-for pair in make:make rsync:rsync git:git debootstrap:debootstrap shellcheck:shellcheck curl:curl; do
+for pair in make:make rsync:rsync git:git debootstrap:debootstrap shellcheck:shellcheck curl:curl \
+            ssh-keyscan:openssh-client; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
