@@ -14,7 +14,8 @@ test` skips converging those stacks a second time in molecule). The lab itself s
 the empty hosts.
 Failed client calls and recovery seconds are reported (tests/output/lab/chaos.json), never asserted: timings
 belong to benchmarks (make bench). MLFLOW_HA_KEEP_LAB=1 keeps the lab afterwards; MLFLOW_HA_REUSE_LAB=1 tests a
-lab that is already up instead of building a fresh one (developers; CI always builds fresh)."""
+lab that is already up instead of building a fresh one (developers); MLFLOW_HA_LAB_READY=1 says `make test` has just
+built it fresh, with the check, beside lint, unit tests and molecule (tools/test.sh)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ def lab():
     if not os.environ.get("MLFLOW_HA_CLIENT_PYTHON"):
         pytest.fail("MLFLOW_HA_CLIENT_PYTHON is unset: run through `make e2e` (tools/mlflow-venv.sh makes it)")
     lab = Lab.load()
-    if not (os.environ.get("MLFLOW_HA_REUSE_LAB") and lab.http_ok(f"{lab.mlflow_url}/lb-health")):
+    if os.environ.get("MLFLOW_HA_LAB_READY"):
+        # tools/test.sh brought it up in the background (`make lab` with the check first) and stopped on a failure.
+        assert lab.http_ok(f"{lab.mlflow_url}/lb-health"), "MLFLOW_HA_LAB_READY is set but the lab does not answer"
+    elif not (os.environ.get("MLFLOW_HA_REUSE_LAB") and lab.http_ok(f"{lab.mlflow_url}/lb-health")):
         run_lab("destroy")
         # site.yml --check on the empty hosts first: every role through check mode before anything is installed.
         up = run_lab("up", env={"MLFLOW_HA_LAB_CHECK": "1"})
@@ -696,7 +700,7 @@ def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
 # tests/lab/spool_load.py: 4 workers register through clients/python (mlflow_ha_client) with one spool; every MLflow
 # server is stopped for SPOOL_DOWN_SECONDS, then started: every acknowledged registration (registered at once or
 # spooled) must be in the registry exactly once with its bytes, and the spool empty.
-SPOOL_DOWN_SECONDS = 60
+SPOOL_DOWN_SECONDS = 30
 SPOOL_LOAD = Path(__file__).parent / "spool_load.py"
 
 
