@@ -8,7 +8,18 @@ source "$(dirname "$0")/lib.sh"
 
 phase() { bash "$ROOT/tools/phase.sh" "$@"; }
 [ -n "${MLFLOW_HA_PHASES_CONTINUE:-}" ] || phase reset
-trap 'phase report' EXIT
+# At the end, also after a failure: stop what still runs in the background (a failed run must not leave a lab
+# converging or lint running behind it), then print the table.
+stop_jobs() {
+  local pid children
+  for pid in "$@"; do
+    kill -0 "$pid" 2>/dev/null || continue
+    mapfile -t children < <(ps -o pid= --ppid "$pid" 2>/dev/null | tr -d ' ')
+    stop_jobs "${children[@]}"
+    kill "$pid" 2>/dev/null || true
+  done
+}
+trap 'stop_jobs "${jobs[@]}"; phase report' EXIT
 
 mkdir -p "$ROOT/tests/output"
 # Background jobs, each its own make call and log (tests/output/prepare-NAME.log): the base image, the etcd and
@@ -21,6 +32,16 @@ background() {  # background NAME TARGET...
   local name=$1; shift
   phase run "  make $* (background)" make --no-print-directory -C "$ROOT" "$@" \
     >"$ROOT/tests/output/prepare-$name.log" 2>&1 &
+  jobs[$name]=$!
+}
+idle_background() {  # idle_background NAME TARGET...: one after another, each timed, at the lowest CPU priority
+  local name=$1; shift
+  (
+    lowest_priority
+    for target in "$@"; do
+      phase run "  make $target (background, idle priority)" make --no-print-directory -C "$ROOT" "$target"
+    done
+  ) >"$ROOT/tests/output/prepare-$name.log" 2>&1 &
   jobs[$name]=$!
 }
 await() {  # await NAME...: wait for those jobs, timed as one phase
@@ -43,14 +64,15 @@ background weed weed
 # needs hold their locks, so it waits for the jobs above instead of repeating them.
 MLFLOW_HA_LAB_CHECK=1 background lab lab-destroy wheelhouse lab
 
-# ansible-test sanity runs its tests one after another on one core: it runs beside lint and the unit tests (one
-# core each way) instead of before them (docs/harness.md, "lint, sanity and unit side by side"). The molecule
-# phase waits for it; a failure stops the run there with its log.
-background sanity sanity
-for target in lint unit deploy-check cloud; do
+# Lint and ansible-test sanity (static checks, ~4.5 min of CPU) run from the start at the lowest CPU priority: until
+# the lab is up the 2 cores are busy and they get little, then they fill what the end-to-end tests leave idle (half
+# the cores while Patroni fails over or Prometheus waits to alert). `make test` waits for them at the end; a failure
+# fails the run there with its log (docs/harness.md, "static checks at idle priority"). The unit tests stay in
+# front: some start real servers with deadlines, which a starved process would miss.
+idle_background static lint sanity
+for target in unit deploy-check cloud; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
 done
-await sanity
 # The postgres_ha and storage_ha scenarios converge the same stacks as the lab: here their verify playbooks run
 # against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so (docs/harness.md). The
 # scenarios left need the image and etcd only (MOLECULE_NEEDS).
@@ -59,3 +81,4 @@ await image etcd
 phase run "make molecule" make --no-print-directory -C "$ROOT" molecule MOLECULE_NEEDS=etcd
 await weed lab
 MLFLOW_HA_LAB_READY=1 phase run "make e2e" make --no-print-directory -C "$ROOT" e2e
+await static
