@@ -67,24 +67,3 @@ link_collection() {  # link_collection VENV
     ln -sfn "$mitogen" "$CACHE/ansible_mitogen"
   fi
 }
-
-# Put this shell (and what it starts from now on) at the lowest CPU priority the machine offers: a cpu cgroup marked
-# idle (cgroup v1 `cpu.idle`/`cpu.shares`, v2 `cpu.idle`/`cpu.weight`), else only nice 19. Nice alone is not enough:
-# the Docker containers are their own cgroups, and with autogroups a niced process in an otherwise idle session still
-# gets as much CPU as every container together. For `make test`'s static checks, run beside the end-to-end tests
-# (tools/test.sh): they may use only what the lab leaves idle.
-lowest_priority() {
-  renice -n 19 -p $$ >/dev/null 2>&1 || true
-  local group
-  if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then
-    group=/sys/fs/cgroup/cpu/mlflow-ha-lowest
-    mkdir -p "$group" 2>/dev/null && echo 2 >"$group/cpu.shares" 2>/dev/null || return 0
-  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
-    group=/sys/fs/cgroup/mlflow-ha-lowest
-    mkdir -p "$group" 2>/dev/null && echo 1 >"$group/cpu.weight" 2>/dev/null || return 0
-  else
-    return 0
-  fi
-  [ ! -e "$group/cpu.idle" ] || echo 1 >"$group/cpu.idle" 2>/dev/null || true
-  echo $$ >"$group/cgroup.procs" 2>/dev/null || log "lowest_priority: could not join $group; nice 19 only"
-}

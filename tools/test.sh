@@ -5,6 +5,7 @@
 # downloading on a fresh machine, needed only from the molecule phase on) run in the background: below.
 # MLFLOW_HA_PHASES_CONTINUE=1 adds to the record instead of starting a new one (.ci/run times the harness first).
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/priority.sh"
 
 phase() { bash "$ROOT/tools/phase.sh" "$@"; }
 [ -n "${MLFLOW_HA_PHASES_CONTINUE:-}" ] || phase reset
