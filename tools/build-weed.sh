@@ -63,7 +63,7 @@ if [ "$(replaces "$upstream_mod")" != "$(replaces "$MODDIR/go.mod")" ]; then
 fi
 
 t0=$(date +%s)
-log "weed: building $MODULE/weed $pin with $("$GO" env GOVERSION) (cold Go caches: ~15 min on 2 cores)"
+log "weed: building $MODULE/weed $pin with $("$GO" env GOVERSION) (cold Go caches: ~4 min on 2 idle cores, longer beside other work)"
 tmp="$bindir/.weed-$version.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 (

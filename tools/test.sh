@@ -26,7 +26,7 @@ mkdir -p "$ROOT/tests/output"
 # Background jobs, each its own make call and log (tests/output/prepare-NAME.log): the base image, the etcd and
 # SeaweedFS builds (the build scripts hold a lock per binary: when .ci/run started them already, these wait for
 # those builds instead of repeating them) and the wheelhouses. Each phase waits only for what it needs: molecule for
-# the image and etcd, the lab for the rest. On a fresh machine the SeaweedFS build (~15 min of Go compiling on
+# the image and etcd, the lab for the rest. On a fresh machine the SeaweedFS build (4-15 min of Go compiling on
 # 2 cores) then runs on beside lint, sanity, unit and molecule instead of holding them up (docs/harness.md).
 declare -A jobs
 background() {  # background NAME TARGET...
