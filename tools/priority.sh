@@ -8,18 +8,18 @@
 # the lab leaves idle.
 lowest_priority() {
   renice -n 19 -p "$BASHPID" >/dev/null 2>&1 || true
-  local group weight
+  local group weight_file weight
   if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then
-    group=/sys/fs/cgroup/cpu/mlflow-ha-lowest weight="cpu.shares 2"
+    group=/sys/fs/cgroup/cpu/mlflow-ha-lowest weight_file=cpu.shares weight=2
   elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
-    group=/sys/fs/cgroup/mlflow-ha-lowest weight="cpu.weight 1"
+    group=/sys/fs/cgroup/mlflow-ha-lowest weight_file=cpu.weight weight=1
   else
     return 0
   fi
   mkdir -p "$group" 2>/dev/null || { log "lowest_priority: cannot create $group; nice 19 only"; return 0; }
   # Idle where the kernel has it (5.15+; the weight can no longer be written then), else the lowest weight.
   if ! { [ -e "$group/cpu.idle" ] && echo 1 >"$group/cpu.idle"; } 2>/dev/null; then
-    echo "${weight#* }" >"$group/${weight% *}" 2>/dev/null || true
+    echo "$weight" >"$group/$weight_file" 2>/dev/null || true
   fi
   echo "$BASHPID" >"$group/cgroup.procs" 2>/dev/null || log "lowest_priority: could not join $group; nice 19 only"
 }
