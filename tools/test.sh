@@ -74,9 +74,9 @@ idle_background static lint sanity
 for target in unit deploy-check cloud; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
 done
-# The postgres_ha and storage_ha scenarios converge the same stacks as the lab: here their verify playbooks run
-# against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so (docs/harness.md). The
-# scenarios left need the image and etcd only (MOLECULE_NEEDS).
+# Every scenario converges a stack the lab also has: here their checks (verify playbooks, testinfra files) run
+# against the lab (tests/lab/test_lab.py) and `make molecule` skips them, saying so with where each one's checks run
+# (docs/harness.md); minio's needs a binary users bring. `make molecule` alone still runs them whole.
 export MLFLOW_HA_TIER_CHECKS_IN_LAB=1
 await image etcd
 phase run "make molecule" make --no-print-directory -C "$ROOT" molecule MOLECULE_NEEDS=etcd

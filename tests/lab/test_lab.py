@@ -9,8 +9,10 @@ PostgreSQL leader that also leads etcd freezes (docker pause), the PostgreSQL le
 disconnect, reconnect with its address), the storage node serving S3, an MLflow server and the VIP holder
 freeze. Asserted: every acknowledged
 registration exists exactly once with a readable, byte-identical artifact, and the stack validates at the end.
-Then the checks of the postgres_ha and storage_ha scenarios run against the lab (their verify playbooks; `make
-test` skips converging those stacks a second time in molecule). The lab itself starts with `site.yml --check` on
+Before the faults, the checks of every molecule scenario run against the lab (postgres_ha, storage_ha, keepalived,
+prometheus, node_exporter, journal_remote; etcd's after the faults, with its leader's machine killed and its
+snapshot restore): their verify playbooks and testinfra files, so `make test` converges none of those stacks a second
+time in molecule. The lab itself starts with `site.yml --check` on
 the empty hosts.
 Failed client calls and recovery seconds are reported (tests/output/lab/chaos.json), never asserted: timings
 belong to benchmarks (make bench). MLFLOW_HA_KEEP_LAB=1 keeps the lab afterwards; MLFLOW_HA_REUSE_LAB=1 tests a
@@ -56,6 +58,7 @@ from labctl import (
     wait_until,
 )
 from observability import Monitoring
+from phases import record
 
 
 def recap(log: str) -> dict[str, dict[str, int]]:
@@ -636,6 +639,42 @@ def test_the_prometheus_scenario_checks_pass_on_the_lab(lab):
     assert run.returncode == 0, f"prometheus's verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
 
 
+# The etcd and node_exporter scenarios verify with testinfra files: they run here with testinfra's docker backend
+# against a lab host, told the lab's members, containers and login through the environment (each file says which
+# variables). The journal_remote scenario's verify playbook takes the lab's sink and sender as extra variables.
+
+def scenario_tests(lab, label: str, tests: list[Path], host: str, env: dict[str, str]) -> None:
+    """A role scenario's testinfra files, run by pytest against `host` of the lab; its seconds go into the phase
+    table as `lab: <label>`."""
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"--hosts=docker://{lab.container(host)}", *map(str, tests)],
+                         cwd=tests[0].parent, env=dict(os.environ, **env), capture_output=True, text=True,
+                         timeout=1200, check=False)
+    record(f"lab: {label}", time.monotonic() - started, run.returncode)
+    (OUTPUT / f"{label}.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, f"{label} failed (log: {OUTPUT / f'{label}.log'}):\n{tail(run.stdout + run.stderr)}"
+
+
+def test_the_node_exporter_scenario_checks_pass_on_the_lab(lab):
+    tests = ROLES / "node_exporter" / "molecule" / "default" / "tests"
+    disabled = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
+    scenario_tests(lab, "node-exporter-verify", [tests / "test_default.py"], lab.groups["mlflow"][0],
+                   {"MLFLOW_HA_NODE_EXPORTER_PASSWORD": lab.monitoring_password,
+                    "MLFLOW_HA_NODE_EXPORTER_DISABLED": json.dumps(disabled["node_exporter_collectors_disabled"])})
+
+
+def test_the_journal_remote_scenario_checks_pass_on_the_lab(lab):
+    sink, sender = lab.groups["monitoring"][0], lab.groups["postgres"][1]
+    extra = {"journal_remote_test_sink": sink, "journal_remote_test_sender": sender,
+             "journal_remote_test_sink_address": lab.hosts[sink],
+             "journal_remote_test_sender_address": lab.hosts[sender],
+             "journal_remote_test_sink_url": f"https://{lab.hosts[sink]}:19532"}
+    verify = ROLES / "journal_remote" / "molecule" / "default" / "verify.yml"
+    run = run_lab("play", "journal-remote-verify", str(verify), "-e", json.dumps(extra))
+    assert run.returncode == 0, f"journal_remote's verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
+
+
 # -- Faults ---------------------------------------------------------------------------------------------------
 
 def test_registrations_survive_the_loss_of_any_one_machine(lab):
@@ -658,32 +697,53 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
     assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
 
 
+ETCD_TESTS = ROLES / "etcd" / "molecule" / "default" / "tests"
+
+
+def etcd_scenario_env(lab) -> dict[str, str]:
+    """What the etcd scenario's testinfra files need to check the lab's members (etcd_scenario.py)."""
+    members = lab.groups["etcd"]
+    return {"MLFLOW_HA_ETCD_MEMBERS": json.dumps({m: lab.hosts[m] for m in members}),
+            "MLFLOW_HA_ETCD_CONTAINERS": json.dumps({m: lab.container(m) for m in members})}
+
+
+def test_the_etcd_scenario_checks_pass_on_the_lab(lab):
+    """The etcd scenario's checks (health, the role's binaries, members, replication, mutual TLS, and the leader's
+    machine killed: a new leader among the survivors, the machine back as a member) on the lab's members. The etcd
+    leader is moved to a PostgreSQL replica first: the chaos test freezes a machine that leads both, this kills one
+    that leads etcd only, and the database's own leader keeps serving."""
+    leader = lab.patroni_leader()
+    replica = next(m for m in lab.groups["etcd"] if m != leader and m in lab.groups["postgres"])
+    lab.move_etcd_leader(replica)
+    scenario_tests(lab, "etcd-verify", [ETCD_TESTS / "test_default.py"], lab.groups["etcd"][0], etcd_scenario_env(lab))
+    wait_until(lab.postgres_whole, 180, f"a leader and streaming replicas after {replica}'s machine came back")
+    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd leader's machine came back")
+
+
 def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
-    """docs/postgres-ha.md's "Restoring etcd from a snapshot" on the lab: a snapshot fetched to the controller
-    (playbooks/dr/backup_etcd.yml), a version registered after it, the etcd cluster restored from it
-    (playbooks/dr/restore_etcd.yml: Patroni stopped, etcd restored on every member, the snapshot's Patroni keys
-    removed, Patroni started again leader first); then the cluster has a leader and streaming replicas, and both
-    versions read back byte for byte (the database never depended on etcd's keys)."""
+    """docs/postgres-ha.md's "Restoring etcd from a snapshot" on the lab, as the etcd scenario checks it
+    (test_snapshot_restore.py: the snapshot timer's checked snapshot and its metrics page, playbooks/dr/backup_etcd.yml
+    fetching one to the controller, playbooks/dr/restore_etcd.yml refusing no confirmation, a damaged file and
+    changing nothing in --check, then restoring the timer's snapshot: etcd's keys of the snapshot's time back, later
+    ones gone, old data directories moved aside, snapshots taken again), with the registry around it: a version
+    registered before the snapshot and one between the snapshot and the restore (the playbook stops Patroni, restores
+    etcd on every member, removes the snapshot's Patroni keys and starts Patroni leader first); then the cluster has a
+    leader and streaming replicas, and both versions read back byte for byte (the database never depended on etcd's
+    keys)."""
     model, state = f"etcd-restore-{int(time.time())}", OUTPUT / "etcd-restore.state.json"
     state.unlink(missing_ok=True)
     report: dict = {}
     made = dr_client(lab, "register", model, "1", str(state))
     assert made.returncode == 0, f"registering before the snapshot failed:\n{tail(made.stdout + made.stderr)}"
-    fetch_dir = OUTPUT / "etcd-snapshots"
-    shutil.rmtree(fetch_dir, ignore_errors=True)
-    taken = run_lab("play", "etcd-backup", str(ROOT / "playbooks" / "dr" / "backup_etcd.yml"),
-                    "-e", json.dumps({"etcd_snapshot_fetch_dir": str(fetch_dir)}))
-    assert taken.returncode == 0, f"backup_etcd.yml failed:\n{tail(taken.stdout + taken.stderr)}"
-    snapshots = sorted(fetch_dir.glob("etcd-snapshot-*.db"))
-    assert len(snapshots) == 1, f"expected one snapshot in {fetch_dir}: {snapshots}"
-    made = dr_client(lab, "register", model, "1", str(state))
-    assert made.returncode == 0, f"registering after the snapshot failed:\n{tail(made.stdout + made.stderr)}"
-
+    # Between the snapshot and the restore, the scenario's test runs this: one more version (dr_client.py's way).
+    register = [os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(Path(__file__).parent / "dr_client.py"), "register", model,
+                "1", str(state)]
+    env = {**etcd_scenario_env(lab), **dr_client_env(lab),
+           "MLFLOW_HA_ETCD_PLAYBOOK": json.dumps(["bash", str(ROOT / "tools" / "lab.sh"), "play"]),
+           "MLFLOW_HA_ETCD_AFTER_SNAPSHOT": json.dumps(register)}
     started = time.monotonic()
-    restored = run_lab("play", "etcd-restore", str(ROOT / "playbooks" / "dr" / "restore_etcd.yml"),
-                       "-e", json.dumps({"restore_confirm": "mlflow-ha-etcd", "restore_snapshot": str(snapshots[0])}))
-    report["restore_seconds"] = round(time.monotonic() - started)
-    assert restored.returncode == 0, f"restore_etcd.yml failed:\n{tail(restored.stdout + restored.stderr)}"
+    scenario_tests(lab, "etcd-snapshot-verify", [ETCD_TESTS / "test_snapshot_restore.py"], lab.groups["etcd"][0], env)
+    report["scenario_seconds"] = round(time.monotonic() - started)
     report["whole_after_seconds"] = round(wait_until(lab.postgres_whole, 180, "a leader and streaming replicas"))
     wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd restore")
     checked = dr_client(lab, "check", model, str(state))
@@ -775,9 +835,13 @@ DR_LOST_ARTIFACT = 3
 DR_SCOPE = "mlflow-ha"
 
 
+def dr_client_env(lab) -> dict[str, str]:
+    """The registry's address and the official client's CA and login (docs/clients.md)."""
+    return {"MLFLOW_TRACKING_URI": f"https://{lab.vip}", **lab.client_env()}
+
+
 def dr_client(lab, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "MLFLOW_TRACKING_URI": f"https://{lab.vip}",
-           **lab.client_env()}
+    env = {"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), **dr_client_env(lab)}
     return subprocess.run([os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(Path(__file__).parent / "dr_client.py"), *args],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 

@@ -39,6 +39,12 @@ IN_THE_LAB = {
     "molecule/storage_ha": "tests/lab/test_lab.py::test_the_storage_ha_scenario_checks_pass_on_the_lab",
     "roles/keepalived/molecule/default": "tests/lab/test_lab.py::test_the_keepalived_scenario_checks_pass_on_the_lab",
     "roles/prometheus/molecule/default": "tests/lab/test_lab.py::test_the_prometheus_scenario_checks_pass_on_the_lab",
+    "roles/node_exporter/molecule/default":
+        "tests/lab/test_lab.py::test_the_node_exporter_scenario_checks_pass_on_the_lab",
+    "roles/journal_remote/molecule/default":
+        "tests/lab/test_lab.py::test_the_journal_remote_scenario_checks_pass_on_the_lab",
+    "roles/etcd/molecule/default": "tests/lab/test_lab.py::test_the_etcd_scenario_checks_pass_on_the_lab and "
+                                   "::test_etcd_restored_from_a_snapshot_keeps_the_registry_serving",
 }
 
 

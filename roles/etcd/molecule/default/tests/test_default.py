@@ -7,9 +7,9 @@ import json
 import subprocess
 import uuid
 
-from etcd_scenario import ALL, MEMBERS, TLS, etcdctl, wait_for
+from etcd_scenario import ALL, CONTAINERS, FIRST, MEMBERS, TLS, etcdctl, wait_for
 
-testinfra_hosts = ["etcd-1"]
+testinfra_hosts = [FIRST]
 
 
 def status(host, endpoints: str = ALL) -> list[dict]:
@@ -59,22 +59,24 @@ def test_three_members_listed(host):
 
 def test_write_on_one_member_is_read_on_another(host):
     key, value = f"/molecule/{uuid.uuid4()}", "replicated"
-    assert etcdctl(host, f"put {key} {value}", f"https://{MEMBERS['etcd-1']}:2379").rc == 0
-    got = etcdctl(host, f"get {key} --print-value-only --consistency=s", f"https://{MEMBERS['etcd-3']}:2379")
+    last = list(MEMBERS)[-1]
+    assert etcdctl(host, f"put {key} {value}", f"https://{MEMBERS[FIRST]}:2379").rc == 0
+    got = etcdctl(host, f"get {key} --print-value-only --consistency=s", f"https://{MEMBERS[last]}:2379")
     assert got.stdout.strip() == value
 
 
 def test_clients_without_certificate_are_refused(host):
-    cmd = host.run(f"ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/tls/ca.crt --endpoints=https://{MEMBERS['etcd-2']}:2379 "
+    second = MEMBERS[list(MEMBERS)[1]]
+    cmd = host.run(f"ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/tls/ca.crt --endpoints=https://{second}:2379 "
                    "--command-timeout=3s get /x")
     assert cmd.rc != 0
-    plain = host.run(f"curl -sS -m 3 http://{MEMBERS['etcd-2']}:2379/health")
+    plain = host.run(f"curl -sS -m 3 http://{second}:2379/health")
     assert plain.rc != 0 or "true" not in plain.stdout
 
 
 def docker_etcdctl(member: str, args: str, endpoints: str) -> subprocess.CompletedProcess:
     """etcdctl inside a member's container, for when the testinfra host itself may be the one that died."""
-    return subprocess.run(["docker", "exec", member, "sh", "-c",
+    return subprocess.run(["docker", "exec", CONTAINERS[member], "sh", "-c",
                            f"ETCDCTL_API=3 etcdctl {TLS} --endpoints={endpoints} --command-timeout=5s {args}"],
                           capture_output=True, text=True, check=False)
 
@@ -90,13 +92,13 @@ def test_cluster_survives_losing_its_leader(host):
         return leader_of(json.loads(out) if out.strip() else [])
 
     # The leader's machine dies (docker kill: no systemd restart brings etcd back before the election).
-    subprocess.run(["docker", "kill", old], check=True, capture_output=True)
+    subprocess.run(["docker", "kill", CONTAINERS[old]], check=True, capture_output=True)
     try:
         elected = wait_for(survivors_leader, 30, "election of a new leader among the survivors")
         assert elected in survivors
         key = f"/molecule/after-failover/{uuid.uuid4()}"
         assert docker_etcdctl(survivors[0], f"put {key} ok", alive).returncode == 0
     finally:
-        subprocess.run(["docker", "start", old], check=True, capture_output=True)
+        subprocess.run(["docker", "start", CONTAINERS[old]], check=True, capture_output=True)
     wait_for(lambda: docker_etcdctl(survivors[0], "endpoint health", ALL).returncode == 0, 90,
              f"{old} rejoining after its machine came back")

@@ -4,7 +4,10 @@ refuses what it must refuse (no confirmation, a damaged file; --check changes no
 back to the snapshot's keyspace: a key written before the snapshot is there again, one written after it is gone.
 
 The playbooks run as a user runs them, with ansible-playbook against the scenario's inventory (molecule hands the
-verifier its inventory and its ansible.cfg in the environment)."""
+verifier its inventory and its ansible.cfg in the environment), or through the command MLFLOW_HA_ETCD_PLAYBOOK names
+(a JSON list; the lab's `tools/lab.sh play` when `make test` runs these checks against the lab, which also names in
+MLFLOW_HA_ETCD_AFTER_SNAPSHOT a command to run between the snapshot and the restore: it registers a model version,
+which must outlive the restore)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from etcd_scenario import MEMBERS, etcdctl, wait_for
+from etcd_scenario import CONTAINERS, FIRST, MEMBERS, etcdctl, wait_for
 
-testinfra_hosts = ["etcd-1"]
+testinfra_hosts = [FIRST]
 ROOT = Path(os.environ.get("MLFLOW_HA_ROOT") or Path(__file__).resolve().parents[5])
 SERVICE = "mlflow-ha-etcd-snapshot.service"
 PAGE = "/var/lib/prometheus/node-exporter/mlflow_ha_etcd_snapshot.prom"
@@ -47,13 +50,19 @@ def page_values(host) -> dict[str, float]:
     return values
 
 
-def playbook(name: str, *args: str) -> subprocess.CompletedProcess:
-    """A playbook of the collection, run against this scenario's inventory as a user would."""
-    binary = Path(sys.executable).parent / "ansible-playbook"
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    return subprocess.run([str(binary) if binary.exists() else "ansible-playbook", "-i", inventory,
-                           str(ROOT / "playbooks" / "dr" / name), *args],
-                          capture_output=True, text=True, check=False, timeout=900, env=dict(os.environ))
+def playbook(label: str, name: str, *args: str) -> subprocess.CompletedProcess:
+    """A playbook of the collection, run against this scenario's inventory as a user would (or through
+    MLFLOW_HA_ETCD_PLAYBOOK, with `label` naming the run: the lab keeps each run's log and seconds under
+    etcd-<label>; a run refused on purpose is named refuse-*, as the lab's phase table shows it failed)."""
+    path = str(ROOT / "playbooks" / "dr" / name)
+    command = json.loads(os.environ.get("MLFLOW_HA_ETCD_PLAYBOOK") or "null")
+    if command:
+        argv = [*command, f"etcd-{label}", path, *args]
+    else:
+        binary = Path(sys.executable).parent / "ansible-playbook"
+        inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+        argv = [str(binary) if binary.exists() else "ansible-playbook", "-i", inventory, path, *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=dict(os.environ))
 
 
 def tail(proc: subprocess.CompletedProcess, lines: int = 60) -> str:
@@ -85,32 +94,37 @@ def test_a_snapshot_brings_back_the_keyspace_of_its_time(host, tmp_path):
 
     # The backup playbook: a snapshot now, fetched to the controller.
     fetched_dir = tmp_path / "fetched"
-    backup = playbook("backup_etcd.yml", "-e", f"etcd_snapshot_fetch_dir={fetched_dir}")
+    backup = playbook("backup", "backup_etcd.yml", "-e", f"etcd_snapshot_fetch_dir={fetched_dir}")
     assert backup.returncode == 0, tail(backup)
-    fetched = sorted(fetched_dir.glob("etcd-snapshot-etcd-1-*.db"))
+    fetched = sorted(fetched_dir.glob(f"etcd-snapshot-{FIRST}-*.db"))
     assert len(fetched) == 1 and is_snapshot(fetched[0]), list(fetched_dir.iterdir())
 
     assert etcdctl(host, f"put {after_key} {after}").rc == 0
+    after_snapshot = json.loads(os.environ.get("MLFLOW_HA_ETCD_AFTER_SNAPSHOT") or "[]")
+    if after_snapshot:
+        done = subprocess.run(after_snapshot, capture_output=True, text=True, check=False, timeout=600)
+        assert done.returncode == 0, f"{after_snapshot} failed:\n{tail(done)}"
 
     # Refusals: no confirmation; a damaged file (one byte changed); --check. None of them changes anything.
-    unconfirmed = playbook("restore_etcd.yml", "-e", f"restore_snapshot={fetched[0]}")
+    unconfirmed = playbook("refuse-unconfirmed", "restore_etcd.yml", "-e", f"restore_snapshot={fetched[0]}")
     said = unconfirmed.stdout + unconfirmed.stderr
     assert unconfirmed.returncode != 0 and "restore_confirm" in said, tail(unconfirmed)
     damaged = tmp_path / "damaged.db"
     data = bytearray(fetched[0].read_bytes())
     data[100] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    refused = playbook("restore_etcd.yml", "-e", f"restore_confirm={TOKEN}", "-e", f"restore_snapshot={damaged}")
+    refused = playbook("refuse-damaged", "restore_etcd.yml", "-e", f"restore_confirm={TOKEN}",
+                       "-e", f"restore_snapshot={damaged}")
     assert refused.returncode != 0 and "the file is damaged" in refused.stdout + refused.stderr, tail(refused)
-    checked = playbook("restore_etcd.yml", "--check", "-e", f"restore_confirm={TOKEN}",
-                       "-e", f"restore_snapshot={member_file}", "-e", "restore_snapshot_host=etcd-1")
+    checked = playbook("restore-check", "restore_etcd.yml", "--check", "-e", f"restore_confirm={TOKEN}",
+                       "-e", f"restore_snapshot={member_file}", "-e", f"restore_snapshot_host={FIRST}")
     assert checked.returncode == 0, tail(checked)
     assert value_of(host, after_key) == after, "a refused or checked restore changed the keyspace"
     assert healthy(host)
 
     # The restore from the timer's snapshot on etcd-1.
-    restored = playbook("restore_etcd.yml", "-e", f"restore_confirm={TOKEN}", "-e", f"restore_snapshot={member_file}",
-                        "-e", "restore_snapshot_host=etcd-1")
+    restored = playbook("restore", "restore_etcd.yml", "-e", f"restore_confirm={TOKEN}",
+                        "-e", f"restore_snapshot={member_file}", "-e", f"restore_snapshot_host={FIRST}")
     assert restored.returncode == 0, tail(restored)
     wait_for(lambda: healthy(host), 60, "every member healthy after the restore")
     assert value_of(host, before_key) == before, "the key written before the snapshot is not back"
@@ -119,7 +133,7 @@ def test_a_snapshot_brings_back_the_keyspace_of_its_time(host, tmp_path):
     assert sorted(m["name"] for m in members) == sorted(MEMBERS)
     # Each member's old data directory was moved aside, not deleted.
     for name in MEMBERS:
-        aside = subprocess.run(["docker", "exec", name, "sh", "-c", f"ls -d {DATA_DIR}.pre-restore-*"],
+        aside = subprocess.run(["docker", "exec", CONTAINERS[name], "sh", "-c", f"ls -d {DATA_DIR}.pre-restore-*"],
                                capture_output=True, text=True, check=False)
         assert aside.returncode == 0 and aside.stdout.strip(), f"{name}: {aside.stderr}"
 

@@ -1,15 +1,22 @@
-"""Verify node_exporter against the running service, from inside the host and from the controller."""
+"""Verify node_exporter against the running service, from inside the host and from the controller.
+
+`make test` runs these checks against a lab host instead (tests/lab/test_lab.py): MLFLOW_HA_NODE_EXPORTER_PASSWORD
+then carries the lab's monitoring password and MLFLOW_HA_NODE_EXPORTER_DISABLED (a JSON list) the collectors its
+inventory disables; the scenario's own (molecule.yml) otherwise."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 
 import pytest
 
 PORT = 9100
-# HTTPS with the monitoring login (molecule.yml); the CA is the one the role installed beside its certificate.
-LOGIN = ("monitoring", "molecule-monitoring")
+# HTTPS with the monitoring login; the CA is the one the role installed beside its certificate.
+LOGIN = ("monitoring", os.environ.get("MLFLOW_HA_NODE_EXPORTER_PASSWORD") or "molecule-monitoring")
+DISABLED = json.loads(os.environ.get("MLFLOW_HA_NODE_EXPORTER_DISABLED") or '["mdadm"]')
 CURL = f"curl -fsS --cacert /etc/prometheus/node-exporter-tls/ca.crt -u {LOGIN[0]}:{LOGIN[1]}"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -59,7 +66,9 @@ def test_collector_flags(metrics):
     success = {re.search(r'collector="([^"]+)"', s).group(1): s.rsplit(" ", 1)[1]
                for s in metrics["node_scrape_collector_success"]}
     assert success.get("systemd") == "1"
-    assert "mdadm" not in success, "mdadm was disabled through host_vars"
+    assert DISABLED, "no disabled collector to check"
+    for name in DISABLED:
+        assert name not in success, f"{name} was disabled through the inventory"
 
 
 def test_textfile_collector_reads_directory(host):
