@@ -45,7 +45,8 @@ controller:
 image: engine
 	@bash tools/build-image.sh
 
-lab: bootstrap
+# Not bootstrap: tools/lab.sh up builds the base image beside the binaries and wheelhouses it needs.
+lab: host engine venv
 	@bash tools/lab.sh up
 
 lab-destroy: venv

@@ -22,12 +22,27 @@ export PATH="$ROOT/.venv/bin:$PATH"
 vip() { awk '/^mlflow_ha_vip:/ {print $2}' "$INV/group_vars/all.yml"; }
 host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == "{lab_address:") {sub(/,$/, "", $(i+1)); print $(i+1)}}' "$INV/hosts.yml"; }
 
+# The harness's inputs, built side by side: the SeaweedFS and etcd binaries (Go builds), the two wheelhouses and,
+# with `image` as argument, the base image. Each step caches its result (a second call is a check of seconds) and
+# holds a lock, so a job tools/test.sh started earlier is waited for, not repeated. On a fresh machine they took
+# one after another what the slowest takes now (docs/harness.md, "make lab on a fresh machine").
 prerequisites() {
-  MLFLOW_HA_WEED_BINARY="$(bash "$ROOT/tools/build-weed.sh" | tail -1)"
-  MLFLOW_HA_ETCD_BINARIES="$(bash "$ROOT/tools/build-etcd.sh" | tail -1)"
+  local dir pids=() names=() i failed=""
+  dir=$(mktemp -d)
+  start_job() { local name=$1; shift; "$@" >"$dir/$name.out" & pids+=("$!"); names+=("$name"); }
+  [ "${1:-}" = image ] && start_job image bash "$ROOT/tools/build-image.sh"
+  start_job weed bash "$ROOT/tools/build-weed.sh"
+  start_job etcd bash "$ROOT/tools/build-etcd.sh"
+  start_job wheelhouse-patroni bash "$ROOT/tools/wheelhouse.sh" patroni "$ROOT/roles/patroni/files/requirements.txt"
+  start_job wheelhouse-mlflow bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { failed="$failed ${names[$i]}"; cat "$dir/${names[$i]}.out" >&2; }
+  done
+  [ -z "$failed" ] || { rm -rf "$dir"; die "lab: building$failed failed (its messages above)"; }
+  MLFLOW_HA_WEED_BINARY="$(tail -1 "$dir/weed.out")"
+  MLFLOW_HA_ETCD_BINARIES="$(tail -1 "$dir/etcd.out")"
   export MLFLOW_HA_WEED_BINARY MLFLOW_HA_ETCD_BINARIES
-  bash "$ROOT/tools/wheelhouse.sh" patroni "$ROOT/roles/patroni/files/requirements.txt"
-  bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
+  rm -rf "$dir"
 }
 
 playbook() {  # playbook NAME FILE [args...]: run and keep a log
@@ -61,7 +76,7 @@ URLS
 
 case "${1:-up}" in
   up)
-    prerequisites
+    prerequisites image
     playbook create "$ROOT/tools/lab/create.yml"
     # What a user runs before a first deploy: every role must get through check mode on hosts where nothing is
     # installed yet (the molecule scenarios' `check` step, for the whole site).

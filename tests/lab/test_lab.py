@@ -128,7 +128,7 @@ def test_every_scrape_target_is_up(lab, mon):
     nodes = {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "node"}
     assert nodes == set(lab.hosts), f"node targets {sorted(nodes)} differ from the inventory {sorted(lab.hosts)}"
     try:
-        wait_until(lambda: not mon.targets_down(), 180, "every scrape target up", interval=5)
+        wait_until(lambda: not mon.targets_down(), 180, "every scrape target up")
     except TimeoutError:
         pytest.fail("scrape targets down after 180 s:\n" + "\n".join(mon.targets_down()))
 
@@ -166,13 +166,13 @@ def test_a_stopped_mlflow_server_alerts_and_resolves(lab, mon):
     lab.exec(victim, "systemctl", "stop", "mlflow")
     try:
         took = wait_until(lambda: mon.alertmanager_alerts("MLflowServerDown", victim), 400,
-                          f"MLflowServerDown for {victim} in Alertmanager", interval=5)
+                          f"MLflowServerDown for {victim} in Alertmanager")
         print(f"MLflowServerDown for {victim} reached Alertmanager {took:.0f} s after the stop")
         assert not mon.firing("MLflowAllServersDown"), "the other server serves: MLflowAllServersDown must not fire"
     finally:
         lab.exec(victim, "systemctl", "start", "mlflow")
     took = wait_until(lambda: not mon.alertmanager_alerts("MLflowServerDown", victim), 300,
-                      f"MLflowServerDown for {victim} resolved in Alertmanager", interval=5)
+                      f"MLflowServerDown for {victim} resolved in Alertmanager")
     print(f"and resolved {took:.0f} s after the restart")
     wait_until(lab.mlflow_whole, 120, "every MLflow server healthy again")
 
