@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local lab (inventories/lab): tools/lab.sh up | converge | validate | play | destroy | urls
-#   up        harness prerequisites (weed and etcd binaries, wheelhouses), containers, site.yml, validate.yml, URLs;
+#   up        harness prerequisites side by side (base image, weed and etcd binaries, wheelhouses), containers,
+#             site.yml, validate.yml, URLs;
 #             with MLFLOW_HA_LAB_CHECK=1 (the end-to-end test) `site.yml --check` on the new, empty hosts first
 #   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
 #   validate  playbooks/validate.yml
