@@ -68,8 +68,9 @@ MLFLOW_HA_LAB_CHECK=1 background lab lab-destroy wheelhouse lab
 # Lint and ansible-test sanity (static checks, ~4.5 min of CPU) run from the start at the lowest CPU priority, on
 # the cycles the lab, the unit tests and molecule leave (CI run 25: both done before the lab was up, no measurable
 # gain or loss: docs/harness.md, "lint and ansible-test sanity as one background job"). `make test` waits for them
-# at the end; a failure fails the run there with its log. The unit tests stay in front: some start real servers
-# with deadlines, which a starved process would miss.
+# with the lab, before the end-to-end tests (both were done before the lab in CI runs 25 and 26): a failure stops the
+# run there with its log, ~12 min in, instead of after the end-to-end tests. The unit tests stay in front: some
+# start real servers with deadlines, which a starved process would miss.
 idle_background static lint sanity
 for target in unit deploy-check cloud; do
   phase run "make $target" make --no-print-directory -C "$ROOT" "$target"
@@ -80,6 +81,5 @@ done
 export MLFLOW_HA_TIER_CHECKS_IN_LAB=1
 await image etcd
 phase run "make molecule" make --no-print-directory -C "$ROOT" molecule MOLECULE_NEEDS=etcd
-await weed lab
+await weed lab static
 MLFLOW_HA_LAB_READY=1 phase run "make e2e" make --no-print-directory -C "$ROOT" e2e
-await static
