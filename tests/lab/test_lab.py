@@ -658,10 +658,10 @@ def scenario_tests(lab, label: str, tests: list[Path], host: str, env: dict[str,
 
 def test_the_node_exporter_scenario_checks_pass_on_the_lab(lab):
     tests = ROLES / "node_exporter" / "molecule" / "default" / "tests"
-    disabled = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
+    lab_vars = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
     scenario_tests(lab, "node-exporter-verify", [tests / "test_default.py"], lab.groups["mlflow"][0],
                    {"MLFLOW_HA_NODE_EXPORTER_PASSWORD": lab.monitoring_password,
-                    "MLFLOW_HA_NODE_EXPORTER_DISABLED": json.dumps(disabled["node_exporter_collectors_disabled"])})
+                    "MLFLOW_HA_NODE_EXPORTER_DISABLED": json.dumps(lab_vars["node_exporter_collectors_disabled"])})
 
 
 def test_the_journal_remote_scenario_checks_pass_on_the_lab(lab):
