@@ -45,8 +45,9 @@ controller:
 image: engine
 	@bash tools/build-image.sh
 
-# Not bootstrap: tools/lab.sh up builds the base image beside the binaries and wheelhouses it needs.
-lab: host engine venv
+# Not bootstrap: tools/lab.sh up builds the controller venv and the base image beside the binaries and wheelhouses it
+# needs; the Go builds go on beside site.yml's first plays.
+lab: host engine
 	@bash tools/lab.sh up
 
 lab-destroy: venv

@@ -37,6 +37,8 @@ utl_pin=$(awk -v m="$UTL" '$1 == m && $2 ~ /^v/ {print $2}' "$MODDIR/go.mod" | h
 bindir="${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}"
 out="$bindir/etcd-$pin"
 mkdir -p "$bindir" 2>/dev/null || die "etcd: cannot create the binary cache $bindir (set MLFLOW_HA_BIN_CACHE to a writable directory)"
+# --path: only the directory the binaries are (or will be) in when built, and nothing else: no Go, no lock, no build.
+[ "${1:-}" != --path ] || { echo "$out"; exit 0; }
 
 # Current: every binary listed in SHA256SUMS and matching it.
 cached() {

@@ -29,6 +29,8 @@ version="$WEED_RELEASE-$commit"
 bindir="${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}"
 bin="$bindir/weed-$version"
 mkdir -p "$bindir" 2>/dev/null || die "weed: cannot create the binary cache $bindir (set MLFLOW_HA_BIN_CACHE to a writable directory)"
+# --path: only the path the binary has (or will have) when built, and nothing else: no Go, no lock, no build.
+[ "${1:-}" != --path ] || { echo "$bin"; exit 0; }
 
 cached() { [ -x "$bin" ] && [ -f "$bin.sha256" ] && (cd "$bindir" && sha256sum --check --status "weed-$version.sha256" 2>/dev/null); }
 

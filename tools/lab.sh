@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local lab (inventories/lab): tools/lab.sh up | converge | validate | play | destroy | urls
-#   up        harness prerequisites side by side (base image, weed and etcd binaries, wheelhouses), containers,
+#   up        harness prerequisites side by side (controller venv, base image, weed and etcd binaries, wheelhouses;
+#             the Go builds go on beside site.yml's first plays), containers,
 #             site.yml, validate.yml, URLs;
 #             with MLFLOW_HA_LAB_CHECK=1 (the end-to-end test) `site.yml --check` on the new, empty hosts first
 #   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
@@ -24,27 +25,70 @@ vip() { awk '/^mlflow_ha_vip:/ {print $2}' "$INV/group_vars/all.yml"; }
 host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == "{lab_address:") {sub(/,$/, "", $(i+1)); print $(i+1)}}' "$INV/hosts.yml"; }
 
 # The harness's inputs, built side by side: the SeaweedFS and etcd binaries (Go builds), the two wheelhouses and,
-# with `image` as argument, the base image. Each step caches its result (a second call is a check of seconds) and
-# holds a lock, so a job tools/test.sh started earlier is waited for, not repeated. On a fresh machine they took
-# one after another what the slowest takes now (docs/harness.md, "make lab on a fresh machine").
-prerequisites() {
-  local dir pids=() names=() i failed=""
-  dir=$(mktemp -d)
-  start_job() { local name=$1; shift; "$@" >"$dir/$name.out" & pids+=("$!"); names+=("$name"); }
-  [ "${1:-}" = image ] && start_job image bash "$ROOT/tools/build-image.sh"
-  start_job weed bash "$ROOT/tools/build-weed.sh"
-  start_job etcd bash "$ROOT/tools/build-etcd.sh"
+# with `up`, the base image and the controller venv. Each step caches its result (a second call is a check of
+# seconds) and holds a lock, so a job tools/test.sh started earlier is waited for, not repeated. On a fresh machine
+# they took one after another what the slowest takes now (docs/harness.md, "make lab on a fresh machine").
+# The Go builds are waited for last: the first plays of site.yml (the PKI, firewall, metrics, logs, and for weed
+# etcd and PostgreSQL as well) need neither binary. A build still running then is left running: its path is exported
+# (the build scripts' --path) with the build's lock (MLFLOW_HA_WEED_LOCK, MLFLOW_HA_ETCD_LOCK, .<name>.lock beside
+# it), and the lab inventory's etcd_binaries_src and seaweedfs_binary_src wait on that lock when a play first reads
+# them (inventories/lab/group_vars/all.yml). finish_builds reports how the builds ended.
+declare -A build_pids=()
+builds_dir=""
+prerequisites() {  # prerequisites [up]
+  local pids=() names=() i failed="" name var path
+  builds_dir=$(mktemp -d)
+  start_job() { local name=$1; shift; "$@" >"$builds_dir/$name.out" 2>&1 & pids+=("$!"); names+=("$name"); }
+  if [ "${1:-}" = up ]; then
+    start_job image bash "$ROOT/tools/build-image.sh"
+    start_job venv bash "$ROOT/tools/venv.sh"
+  fi
+  bash "$ROOT/tools/build-weed.sh" >"$builds_dir/weed.out" 2>"$builds_dir/weed.err" & build_pids[weed]=$!
+  bash "$ROOT/tools/build-etcd.sh" >"$builds_dir/etcd.out" 2>"$builds_dir/etcd.err" & build_pids[etcd]=$!
   start_job wheelhouse-patroni bash "$ROOT/tools/wheelhouse.sh" patroni "$ROOT/roles/patroni/files/requirements.txt"
   start_job wheelhouse-mlflow bash "$ROOT/tools/wheelhouse.sh" mlflow "$ROOT/roles/mlflow/files/requirements.txt"
   for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { failed="$failed ${names[$i]}"; cat "$dir/${names[$i]}.out" >&2; }
+    wait "${pids[$i]}" || { failed="$failed ${names[$i]}"; cat "$builds_dir/${names[$i]}.out" >&2; }
   done
-  [ -z "$failed" ] || { rm -rf "$dir"; die "lab: building$failed failed (its messages above)"; }
-  MLFLOW_HA_WEED_BINARY="$(tail -1 "$dir/weed.out")"
-  MLFLOW_HA_ETCD_BINARIES="$(tail -1 "$dir/etcd.out")"
-  export MLFLOW_HA_WEED_BINARY MLFLOW_HA_ETCD_BINARIES
-  rm -rf "$dir"
+  [ -z "$failed" ] || { finish_builds; die "lab: building$failed failed (its messages above)"; }
+  for name in weed etcd; do
+    var=MLFLOW_HA_WEED_BINARY
+    [ "$name" = etcd ] && var=MLFLOW_HA_ETCD_BINARIES
+    if ! kill -0 "${build_pids[$name]}" 2>/dev/null; then
+      finish_build "$name" || { finish_builds; die "lab: building $name failed (its messages above)"; }
+      export "$var=$(tail -1 "$builds_dir/$name.out")"
+    else
+      path=$(bash "$ROOT/tools/build-$name.sh" --path)
+      log "lab: the $name build goes on beside the first plays; the play that needs $path waits for it"
+      export "$var=$path" "${var%_*}_LOCK=$(dirname "$path")/.$(basename "$path").lock"
+    fi
+  done
 }
+finish_build() {  # finish_build NAME: wait for that Go build; its messages when it failed
+  local name=$1 pid=${build_pids[$1]:-}
+  [ -n "$pid" ] || return 0
+  unset "build_pids[$name]"
+  wait "$pid" && return 0
+  cat "$builds_dir/$name.err" >&2
+  return 1
+}
+finish_builds() {  # every Go build still running ended, the failures reported; 1 when one failed
+  local name rc=0
+  for name in "${!build_pids[@]}"; do
+    finish_build "$name" || { log "lab: building $name failed (its messages above)"; rc=1; }
+  done
+  [ -z "$builds_dir" ] || rm -rf "$builds_dir"
+  return "$rc"
+}
+# After a failure: a Go build that failed meanwhile is named with its messages (the play that needed it failed for
+# want of its file); one still running is left to finish and cache its binary for the next run.
+report_builds() {
+  local name
+  for name in "${!build_pids[@]}"; do
+    kill -0 "${build_pids[$name]}" 2>/dev/null || finish_build "$name" || log "lab: building $name failed (above)"
+  done
+}
+trap '[ $? -eq 0 ] || report_builds' EXIT
 
 playbook() {  # playbook NAME FILE [args...]: run and keep a log
   local name=$1 file=$2; shift 2
@@ -77,7 +121,7 @@ URLS
 
 case "${1:-up}" in
   up)
-    prerequisites image
+    prerequisites up
     playbook create "$ROOT/tools/lab/create.yml"
     # What a user runs before a first deploy: every role must get through check mode on hosts where nothing is
     # installed yet (the molecule scenarios' `check` step, for the whole site).
@@ -88,11 +132,13 @@ case "${1:-up}" in
     fi
     playbook site "$ROOT/playbooks/site.yml"
     playbook validate "$ROOT/playbooks/validate.yml"
+    finish_builds
     urls
     ;;
   converge)
     prerequisites
     playbook "${2:-site}" "$ROOT/playbooks/site.yml" "${@:3}"
+    finish_builds
     ;;
   validate)
     playbook validate "$ROOT/playbooks/validate.yml"
@@ -101,6 +147,7 @@ case "${1:-up}" in
     [ $# -ge 3 ] || die "usage: tools/lab.sh play NAME PLAYBOOK [ansible-playbook options]"
     prerequisites
     playbook "$2" "$3" "${@:4}"
+    finish_builds
     ;;
   destroy)
     playbook destroy "$ROOT/tools/lab/destroy.yml"
