@@ -11,7 +11,7 @@ SCENARIO ?=
 # Scenarios run side by side by `make molecule` (pytest-xdist workers); 1 runs them one after another.
 MOLECULE_JOBS ?= 2
 
-.PHONY: help bootstrap host engine image venv controller weed etcd wheelhouse actionlint promtool lab lab-destroy test lint sanity unit \
+.PHONY: help bootstrap host engine image venv controller weed etcd wheelhouse client actionlint promtool lab lab-destroy test lint sanity unit \
 	deploy-check cloud molecule e2e bench clean
 
 help:
@@ -74,7 +74,7 @@ sanity: venv
 promtool:
 	@bash tools/promtool.sh >/dev/null
 
-unit: venv promtool
+unit: venv promtool client
 	PROMTOOL=$(ROOT)/.cache/bin/promtool pytest tests/unit
 
 # What docs/deploy.md tells users, checked without Docker: the files, playbooks and make targets its commands name
@@ -101,10 +101,14 @@ etcd:
 actionlint:
 	@bash tools/build-actionlint.sh >/dev/null
 
-# Offline wheelhouses the roles install from: Patroni (patroni role) and MLflow (mlflow role, and the official
-# client on the controller).
+# Offline wheelhouses the roles install from: Patroni (patroni role) and MLflow (mlflow role).
 wheelhouse:
 	@bash tools/wheelhouse.sh patroni roles/patroni/files/requirements.txt >/dev/null
+	@bash tools/wheelhouse.sh mlflow roles/mlflow/files/requirements.txt >/dev/null
+
+# The official MLflow client on the controller, from the MLflow wheelhouse (.cache/mlflow-venv): the unit tests'
+# client-library test against a real MLflow server, the end-to-end tests and `make bench` register with it.
+client:
 	@bash tools/mlflow-venv.sh >/dev/null
 
 # What the scenarios need built first. `make test` runs only scenarios that need etcd alone (the others' checks run
@@ -118,10 +122,10 @@ molecule: bootstrap $(MOLECULE_NEEDS)
 	  pytest tests/molecule $(if $(SCENARIO),--scenario $(SCENARIO),$(if $(filter-out 1,$(MOLECULE_JOBS)),-n $(MOLECULE_JOBS) --dist loadgroup,))
 
 # The whole lab, its idempotence and registrations through the loss of each kind of machine (tests/lab).
-e2e: bootstrap weed etcd wheelhouse
+e2e: bootstrap weed etcd wheelhouse client
 	MLFLOW_HA_CLIENT_PYTHON="$$(bash tools/mlflow-venv.sh 2>/dev/null | tail -1)" pytest tests/lab
 
-bench: bootstrap weed etcd wheelhouse
+bench: bootstrap weed etcd wheelhouse client
 	@bash tools/bench.sh
 
 clean:

@@ -28,16 +28,17 @@ host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == 
 # with `up`, the base image and the controller venv. Each step caches its result (a second call is a check of
 # seconds) and holds a lock, so a job tools/test.sh started earlier is waited for, not repeated. On a fresh machine
 # they took one after another what the slowest takes now (docs/harness.md, "make lab on a fresh machine").
-# The Go builds are waited for last: the first plays of site.yml (the PKI, firewall, metrics, logs, and for weed
-# etcd and PostgreSQL as well) need neither binary. A build still running then is left running: its path is exported
-# (the build scripts' --path) with the build's lock (MLFLOW_HA_WEED_LOCK, MLFLOW_HA_ETCD_LOCK, .<name>.lock beside
-# it), and the lab inventory's etcd_binaries_src and seaweedfs_binary_src wait on that lock when a play first reads
-# them (inventories/lab/group_vars/all.yml). finish_builds reports how the builds ended.
+# With `up`, the Go builds are waited for last: the first plays of site.yml (the PKI, firewall, metrics, logs, and
+# for weed etcd and PostgreSQL as well) need neither binary. A build still running then is left running: its path
+# is exported (the build scripts' --path) with the build's lock (MLFLOW_HA_WEED_LOCK, MLFLOW_HA_ETCD_LOCK,
+# .<name>.lock beside it), and the lab inventory's etcd_binaries_src and seaweedfs_binary_src wait on that lock when
+# a play first reads them (inventories/lab/group_vars/all.yml). finish_builds reports how the builds ended.
 declare -A build_pids=()
 builds_dir=""
 prerequisites() {  # prerequisites [up]
   local pids=() names=() i failed="" name var path
   builds_dir=$(mktemp -d)
+  [ "${1:-}" != up ] || log "lab: building the controller venv, base image, wheelhouses, etcd and SeaweedFS side by side"
   start_job() { local name=$1; shift; "$@" >"$builds_dir/$name.out" 2>&1 & pids+=("$!"); names+=("$name"); }
   if [ "${1:-}" = up ]; then
     start_job image bash "$ROOT/tools/build-image.sh"
@@ -54,7 +55,7 @@ prerequisites() {  # prerequisites [up]
   for name in weed etcd; do
     var=MLFLOW_HA_WEED_BINARY
     [ "$name" = etcd ] && var=MLFLOW_HA_ETCD_BINARIES
-    if ! kill -0 "${build_pids[$name]}" 2>/dev/null; then
+    if [ "${1:-}" != up ] || ! kill -0 "${build_pids[$name]}" 2>/dev/null; then
       finish_build "$name" || { finish_builds; die "lab: building $name failed (its messages above)"; }
       export "$var=$(tail -1 "$builds_dir/$name.out")"
     else

@@ -7,6 +7,9 @@ source "$(dirname "$0")/lib.sh"
 reqs="$ROOT/roles/mlflow/files/requirements.txt"
 bash "$ROOT/tools/wheelhouse.sh" mlflow "$reqs"
 venv="$CACHE/mlflow-venv"
+# One install at a time (the unit tests and the end-to-end tests both ask for it): a second call waits.
+exec 9>"$CACHE/.mlflow-venv.lock"
+flock 9
 stamp="$venv/.recipe-$(recipe_hash "$reqs" "$0")"
 if [ ! -f "$stamp" ]; then
   t0=$(date +%s)

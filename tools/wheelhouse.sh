@@ -13,6 +13,11 @@ reqs=${2:?usage: wheelhouse.sh NAME REQUIREMENTS_FILE}
 [ -f "$reqs" ] || die "wheelhouse $name: no requirements file at $reqs"
 
 dest="$CACHE/wheelhouse/$name"
+# One build per wheelhouse at a time: a second call (the lab and the unit tests' MLflow client side by side in `make
+# test`) waits for the first one's result instead of building into the same directory.
+mkdir -p "$CACHE/wheelhouse"
+exec 8>"$CACHE/wheelhouse/.$name.lock"
+flock 8
 stamp="$dest/.recipe-$(recipe_hash "$reqs" "$0")"
 if [ -f "$stamp" ] && [ -f "$dest.tar" ]; then
   log "wheelhouse $name: current ($(find "$dest" -name '*.whl' | wc -l) wheels)"
