@@ -99,7 +99,8 @@ playbook() {  # playbook NAME FILE [args...]: run and keep a log
   local rc=0
   ansible-playbook -i "$INV" "$file" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
   log "lab: $name done in $(since "$t0") s"
-  bash "$ROOT/tools/phase.sh" add "  lab: $name" "$(since "$t0")" "$rc"
+  # MLFLOW_HA_EXPECT_REFUSAL=1: the caller runs this to see it refused (its table row says "refused", not FAILED).
+  bash "$ROOT/tools/phase.sh" add "  lab: $name" "$(since "$t0")" "$rc" "${MLFLOW_HA_EXPECT_REFUSAL:+refusal}"
   return "$rc"
 }
 

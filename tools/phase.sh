@@ -2,16 +2,26 @@
 # Phase timings of a harness or test run, for the table CI's log ends with.
 #   tools/phase.sh reset                 start a new record (tests/output/phases.tsv)
 #   tools/phase.sh run NAME CMD [ARGS]   run CMD, record NAME and its seconds (and whether it failed), keep its exit
-#   tools/phase.sh add NAME SECONDS [RC] record a phase measured elsewhere, with its exit code (0 if omitted; the
-#                                        tests add theirs in the same format: tests/phases.py)
+#   tools/phase.sh add NAME SECONDS [RC [refusal]]  record a phase measured elsewhere, with its exit code (0 if
+#                                        omitted; the tests add theirs in the same format: tests/phases.py); with
+#                                        `refusal` the run was meant to be refused (a test that checks a playbook
+#                                        refuses bad input): a non-zero code is recorded as "refused (RC)", not FAILED
 #   tools/phase.sh report                print the table, in the order the phases ran, with the total
 source "$(dirname "$0")/lib.sh"
 
 FILE="${MLFLOW_HA_PHASES:-$ROOT/tests/output/phases.tsv}"
 mkdir -p "$(dirname "$FILE")"
 
-# One line of the record: name, seconds, "ok" or "FAILED (exit code)".
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$([ "$3" -eq 0 ] && echo ok || echo "FAILED ($3)")" >>"$FILE"; }
+# One line of the record: name, seconds, "ok", "FAILED (exit code)" or, for a run meant to be refused (4th argument
+# `refusal`), "refused (exit code)".
+record() {
+  local result=ok
+  if [ "$3" -ne 0 ]; then
+    result="FAILED ($3)"
+    [ "${4:-}" != refusal ] || result="refused ($3)"
+  fi
+  printf '%s\t%s\t%s\n' "$1" "$2" "$result" >>"$FILE"
+}
 
 case "${1:-report}" in
   reset)
@@ -27,7 +37,7 @@ case "${1:-report}" in
     exit "$rc"
     ;;
   add)
-    record "${2:?name}" "${3:?seconds}" "${4:-0}"
+    record "${2:?name}" "${3:?seconds}" "${4:-0}" "${5:-}"
     ;;
   report)
     [ -s "$FILE" ] || { echo "no phase timings recorded ($FILE)"; exit 0; }
@@ -39,6 +49,6 @@ case "${1:-report}" in
     ' "$FILE"
     ;;
   *)
-    die "usage: tools/phase.sh reset | run NAME CMD [ARGS] | add NAME SECONDS [RC] | report"
+    die "usage: tools/phase.sh reset | run NAME CMD [ARGS] | add NAME SECONDS [RC [refusal]] | report"
     ;;
 esac

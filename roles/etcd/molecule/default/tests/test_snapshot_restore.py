@@ -50,19 +50,23 @@ def page_values(host) -> dict[str, float]:
     return values
 
 
-def playbook(label: str, name: str, *args: str) -> subprocess.CompletedProcess:
+def playbook(label: str, name: str, *args: str, refusal: bool = False) -> subprocess.CompletedProcess:
     """A playbook of the collection, run against this scenario's inventory as a user would (or through
     MLFLOW_HA_ETCD_PLAYBOOK, with `label` naming the run: the lab keeps each run's log and seconds under
-    etcd-<label>; a run refused on purpose is named refuse-*, as the lab's phase table shows it failed)."""
+    etcd-<label>). refusal: the run is meant to be refused; the lab's phase table then says "refused", not FAILED
+    (MLFLOW_HA_EXPECT_REFUSAL, tools/lab.sh)."""
     path = str(ROOT / "playbooks" / "dr" / name)
     command = json.loads(os.environ.get("MLFLOW_HA_ETCD_PLAYBOOK") or "null")
+    env = dict(os.environ)
     if command:
         argv = [*command, f"etcd-{label}", path, *args]
+        if refusal:
+            env["MLFLOW_HA_EXPECT_REFUSAL"] = "1"
     else:
         binary = Path(sys.executable).parent / "ansible-playbook"
         inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
         argv = [str(binary) if binary.exists() else "ansible-playbook", "-i", inventory, path, *args]
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=dict(os.environ))
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
 
 
 def tail(proc: subprocess.CompletedProcess, lines: int = 60) -> str:
@@ -106,7 +110,8 @@ def test_a_snapshot_brings_back_the_keyspace_of_its_time(host, tmp_path):
         assert done.returncode == 0, f"{after_snapshot} failed:\n{tail(done)}"
 
     # Refusals: no confirmation; a damaged file (one byte changed); --check. None of them changes anything.
-    unconfirmed = playbook("refuse-unconfirmed", "restore_etcd.yml", "-e", f"restore_snapshot={fetched[0]}")
+    unconfirmed = playbook("refuse-unconfirmed", "restore_etcd.yml", "-e", f"restore_snapshot={fetched[0]}",
+                           refusal=True)
     said = unconfirmed.stdout + unconfirmed.stderr
     assert unconfirmed.returncode != 0 and "restore_confirm" in said, tail(unconfirmed)
     damaged = tmp_path / "damaged.db"
@@ -114,7 +119,7 @@ def test_a_snapshot_brings_back_the_keyspace_of_its_time(host, tmp_path):
     data[100] ^= 0xFF
     damaged.write_bytes(bytes(data))
     refused = playbook("refuse-damaged", "restore_etcd.yml", "-e", f"restore_confirm={TOKEN}",
-                       "-e", f"restore_snapshot={damaged}")
+                       "-e", f"restore_snapshot={damaged}", refusal=True)
     assert refused.returncode != 0 and "the file is damaged" in refused.stdout + refused.stderr, tail(refused)
     checked = playbook("restore-check", "restore_etcd.yml", "--check", "-e", f"restore_confirm={TOKEN}",
                        "-e", f"restore_snapshot={member_file}", "-e", f"restore_snapshot_host={FIRST}")
