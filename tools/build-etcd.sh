@@ -37,8 +37,11 @@ utl_pin=$(awk -v m="$UTL" '$1 == m && $2 ~ /^v/ {print $2}' "$MODDIR/go.mod" | h
 bindir="${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}"
 out="$bindir/etcd-$pin"
 mkdir -p "$bindir" 2>/dev/null || die "etcd: cannot create the binary cache $bindir (set MLFLOW_HA_BIN_CACHE to a writable directory)"
-# --path: only the directory the binaries are (or will be) in when built, and nothing else: no Go, no lock, no build.
+lock="$bindir/.etcd-$pin.lock"
+# --path / --lock: only the directory the binaries are (or will be) in when built, or the lock their build holds, and
+# nothing else: no Go, no lock taken, no build (tools/lab.sh lets a build go on and has the lab inventory wait on it).
 [ "${1:-}" != --path ] || { echo "$out"; exit 0; }
+[ "${1:-}" != --lock ] || { echo "$lock"; exit 0; }
 
 # Current: every binary listed in SHA256SUMS and matching it.
 cached() {
@@ -50,7 +53,7 @@ cached() {
   (cd "$out" && sha256sum --check --status SHA256SUMS 2>/dev/null)
 }
 
-exec 9>"$bindir/.etcd-$pin.lock"
+exec 9>"$lock"
 flock 9
 
 if cached; then

@@ -29,13 +29,16 @@ version="$WEED_RELEASE-$commit"
 bindir="${MLFLOW_HA_BIN_CACHE:-/var/cache/mlflow-ha/bin}"
 bin="$bindir/weed-$version"
 mkdir -p "$bindir" 2>/dev/null || die "weed: cannot create the binary cache $bindir (set MLFLOW_HA_BIN_CACHE to a writable directory)"
-# --path: only the path the binary has (or will have) when built, and nothing else: no Go, no lock, no build.
+lock="$bindir/.weed-$version.lock"
+# --path / --lock: only the path the binary has (or will have) when built, or the lock its build holds, and nothing
+# else: no Go, no lock taken, no build (tools/lab.sh lets a build go on and has the lab inventory wait on its lock).
 [ "${1:-}" != --path ] || { echo "$bin"; exit 0; }
+[ "${1:-}" != --lock ] || { echo "$lock"; exit 0; }
 
 cached() { [ -x "$bin" ] && [ -f "$bin.sha256" ] && (cd "$bindir" && sha256sum --check --status "weed-$version.sha256" 2>/dev/null); }
 
 # One build at a time per cache (parallel CI jobs on the same machine wait for the first one's binary).
-exec 9>"$bindir/.weed-$version.lock"
+exec 9>"$lock"
 flock 9
 
 if cached; then

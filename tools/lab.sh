@@ -30,8 +30,8 @@ host_address() { awk -v h="$1" '$1 == h":" {for (i = 1; i <= NF; i++) if ($i == 
 # they took one after another what the slowest takes now (docs/harness.md, "make lab on a fresh machine").
 # With `up`, the Go builds are waited for last: the first plays of site.yml (the PKI, firewall, metrics, logs, and
 # for weed etcd and PostgreSQL as well) need neither binary. A build still running then is left running: its path
-# is exported (the build scripts' --path) with the build's lock (MLFLOW_HA_WEED_LOCK, MLFLOW_HA_ETCD_LOCK,
-# .<name>.lock beside it), and the lab inventory's etcd_binaries_src and seaweedfs_binary_src wait on that lock when
+# is exported (the build scripts' --path) with the build's lock (their --lock: MLFLOW_HA_WEED_LOCK,
+# MLFLOW_HA_ETCD_LOCK), and the lab inventory's etcd_binaries_src and seaweedfs_binary_src wait on that lock when
 # a play first reads them (inventories/lab/group_vars/all.yml). finish_builds reports how the builds ended.
 declare -A build_pids=()
 builds_dir=""
@@ -61,7 +61,7 @@ prerequisites() {  # prerequisites [up]
     else
       path=$(bash "$ROOT/tools/build-$name.sh" --path)
       log "lab: the $name build goes on beside the first plays; the play that needs $path waits for it"
-      export "$var=$path" "${var%_*}_LOCK=$(dirname "$path")/.$(basename "$path").lock"
+      export "$var=$path" "${var%_*}_LOCK=$(bash "$ROOT/tools/build-$name.sh" --lock)"
     fi
   done
 }
