@@ -63,6 +63,7 @@ fi
 if [ "$do_venv" = 1 ]; then
   venv_install "$venv" "$ROOT/requirements-controller.txt"
   link_collection "$venv"
+  "$venv/bin/python" "$ROOT/tools/link_dependencies.py" "$CACHE/collections"
 fi
 if [ "$do_wheelhouses" = 1 ]; then
   for app in patroni mlflow; do

@@ -88,12 +88,14 @@ def workflow_playbooks() -> list[str]:
 
 
 def ansible_env(tmp_path: Path) -> dict[str, str]:
-    """This checkout as the collection mlops.mlflow_ha (not whatever .cache/collections links to)."""
+    """This checkout as the collection mlops.mlflow_ha (not whatever .cache/collections links to); its dependencies
+    from .cache/collections (tools/link_dependencies.py: ansible.cfg scans no other path)."""
     link = tmp_path / "collections" / "ansible_collections" / "mlops" / "mlflow_ha"
     link.parent.mkdir(parents=True)
     link.symlink_to(ROOT)
     return dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-                ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+                ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}:{ROOT / '.cache' / 'collections'}",
+                ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
 
 
 @pytest.mark.parametrize("path", named_paths())
