@@ -80,18 +80,19 @@ def main() -> None:
     after_ps = processes(ids)
 
     per_process: dict[tuple[str, str], float] = defaultdict(float)
+    listed: dict[str, float] = defaultdict(float)  # per container: what the processes alive at the end used
     for pid, (cid, comm, used) in after_ps.items():
         earlier = before_ps.get(pid)
         # A pid new in the window counts from zero; one reused by another process counts from zero too.
         base = earlier[2] if earlier and earlier[1] == comm else 0.0
         per_process[(cid, comm)] += used - base
-    total = sum(after_cg[c] - before_cg[c] for c in ids)
+        listed[cid] += used - base
+    by_container = {cid: after_cg[cid] - before_cg[cid] for cid in ids}
+    total = sum(by_container.values())
     print(f"lab CPU over {window:.0f} s: {total:.1f} core-s, {total / window:.2f} cores on average")
     print(f"{'container':<28} {'cores':>6}")
-    for cid in sorted(ids, key=lambda c: before_cg[c] - after_cg[c]):
-        used = after_cg[cid] - before_cg[cid]
-        listed = sum(v for (c, comm), v in per_process.items() if c == cid and comm)
-        print(f"{names[cid]:<28} {used / window:6.3f}   short-lived {max(0.0, used - listed) / window:.3f}")
+    for cid, used in sorted(by_container.items(), key=lambda item: -item[1]):
+        print(f"{names[cid]:<28} {used / window:6.3f}   short-lived {max(0.0, used - listed[cid]) / window:.3f}")
     print(f"\n{'container':<28} {'process':<18} {'cores':>6}")
     for (cid, comm), used in sorted(per_process.items(), key=lambda item: -item[1])[:args.top]:
         print(f"{names[cid]:<28} {comm:<18} {used / window:6.3f}")

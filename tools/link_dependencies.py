@@ -55,12 +55,12 @@ def main() -> None:
     for fqcn, source in sorted(closure(direct).items()):
         link = dest / fqcn.replace(".", "/")
         link.parent.mkdir(parents=True, exist_ok=True)
-        if link.exists() and not link.is_symlink():
-            continue  # a copy installed there on purpose (ansible-galaxy collection install -p) stays
-        if link.is_symlink() and link.resolve() == source.resolve():
-            continue
         if link.is_symlink():
+            if link.resolve() == source.resolve():
+                continue
             link.unlink()
+        elif link.exists():
+            continue  # a copy installed there on purpose (ansible-galaxy collection install -p) stays
         link.symlink_to(source)
 
 
