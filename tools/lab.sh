@@ -3,7 +3,9 @@
 #   up        harness prerequisites side by side (controller venv, base image, weed and etcd binaries, wheelhouses;
 #             the Go builds go on beside site.yml's first plays), containers,
 #             site.yml, validate.yml, URLs;
-#             with MLFLOW_HA_LAB_CHECK=1 (the end-to-end test) `site.yml --check` on the new, empty hosts first
+#             with MLFLOW_HA_LAB_CHECK=1 (the end-to-end test) `site.yml --check` on the new, empty hosts first;
+#             with MLFLOW_HA_LAB_VALIDATE=0 (`make test`) without validate.yml: the end-to-end tests' first one runs
+#             it right after (over SSH, as docs/deploy.md says), so the lab job's own run was the same check twice
 #   converge [log-name [ansible-playbook options]]  site.yml only (a rerun on a converged lab reports changed=0)
 #   validate  playbooks/validate.yml
 #   play NAME PLAYBOOK [ansible-playbook options]  any playbook against the lab, logged as NAME
@@ -133,7 +135,9 @@ case "${1:-up}" in
       playbook site-check "$ROOT/playbooks/site.yml" --check
     fi
     playbook site "$ROOT/playbooks/site.yml"
-    playbook validate "$ROOT/playbooks/validate.yml"
+    if [ "${MLFLOW_HA_LAB_VALIDATE:-1}" != 0 ]; then
+      playbook validate "$ROOT/playbooks/validate.yml"
+    fi
     finish_builds
     urls
     ;;

@@ -12,8 +12,9 @@ registration exists exactly once with a readable, byte-identical artifact, and t
 Before the faults, the checks of every molecule scenario run against the lab (postgres_ha, storage_ha, keepalived,
 prometheus, node_exporter, journal_remote; etcd's after the faults, with its leader's machine killed and its
 snapshot restore): their verify playbooks and testinfra files, so `make test` converges none of those stacks a second
-time in molecule. The lab itself starts with `site.yml --check` on
-the empty hosts.
+time in molecule. The point-in-time restore drill runs before the faults too (its artifact backup then copies a
+few objects, not the chaos load's thousands); the spool test, the loss of every database machine and the external S3
+backend after them. The lab itself starts with `site.yml --check` on the empty hosts.
 Failed client calls and recovery seconds are reported (tests/output/lab/chaos.json), never asserted: timings
 belong to benchmarks (make bench). MLFLOW_HA_KEEP_LAB=1 keeps the lab afterwards; MLFLOW_HA_REUSE_LAB=1 tests a
 lab that is already up instead of building a fresh one (developers); MLFLOW_HA_LAB_READY=1 says `make test` has just
@@ -675,158 +676,16 @@ def test_the_journal_remote_scenario_checks_pass_on_the_lab(lab):
     assert run.returncode == 0, f"journal_remote's verify.yml on the lab failed:\n{tail(run.stdout + run.stderr)}"
 
 
-# -- Faults ---------------------------------------------------------------------------------------------------
-
-def test_registrations_survive_the_loss_of_any_one_machine(lab):
-    load = Load(lab, "chaos")
-    try:
-        wait_until(lambda: load.acks_since(0), 180, "a first registration through the VIP before any fault")
-        time.sleep(10)
-        faults = run_faults(lab, load)
-    finally:
-        load.stop()
-    verified = load.verify()
-    report = {"workers": load.workers, "faults": faults, "totals": summarize(load.events_list(), verified)}
-    (OUTPUT / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    assert verified["acknowledged"] > 0
-    assert verified["lost"] == 0, f"acknowledged registrations lost: {verified['lost_keys']}"
-    assert verified["duplicated"] == 0, f"registrations duplicated: {verified['duplicates']}"
-    assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
-    final = run_lab("validate")
-    assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
-
-
-ETCD_TESTS = ROLES / "etcd" / "molecule" / "default" / "tests"
-
-
-def etcd_scenario_env(lab) -> dict[str, str]:
-    """What the etcd scenario's testinfra files need to check the lab's members (etcd_scenario.py)."""
-    members = lab.groups["etcd"]
-    return {"MLFLOW_HA_ETCD_MEMBERS": json.dumps({m: lab.hosts[m] for m in members}),
-            "MLFLOW_HA_ETCD_CONTAINERS": json.dumps({m: lab.container(m) for m in members})}
-
-
-def test_the_etcd_scenario_checks_pass_on_the_lab(lab):
-    """The etcd scenario's checks (health, the role's binaries, members, replication, mutual TLS, and the leader's
-    machine killed: a new leader among the survivors, the machine back as a member) on the lab's members. The etcd
-    leader is moved to a PostgreSQL replica first: the chaos test freezes a machine that leads both, this kills one
-    that leads etcd only, and the database's own leader keeps serving."""
-    leader = lab.patroni_leader()
-    replica = next(m for m in lab.groups["etcd"] if m != leader and m in lab.groups["postgres"])
-    lab.move_etcd_leader(replica)
-    scenario_tests(lab, "etcd-verify", [ETCD_TESTS / "test_default.py"], lab.groups["etcd"][0], etcd_scenario_env(lab))
-    wait_until(lab.postgres_whole, 180, f"a leader and streaming replicas after {replica}'s machine came back")
-    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd leader's machine came back")
-
-
-def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
-    """docs/postgres-ha.md's "Restoring etcd from a snapshot" on the lab, as the etcd scenario checks it
-    (test_snapshot_restore.py: the snapshot timer's checked snapshot and its metrics page, playbooks/dr/backup_etcd.yml
-    fetching one to the controller, playbooks/dr/restore_etcd.yml refusing no confirmation, a damaged file and
-    changing nothing in --check, then restoring the timer's snapshot: etcd's keys of the snapshot's time back, later
-    ones gone, old data directories moved aside, snapshots taken again), with the registry around it: a version
-    registered before the snapshot and one between the snapshot and the restore (the playbook stops Patroni, restores
-    etcd on every member, removes the snapshot's Patroni keys and starts Patroni leader first); then the cluster has a
-    leader and streaming replicas, and both versions read back byte for byte (the database never depended on etcd's
-    keys)."""
-    model, state = f"etcd-restore-{int(time.time())}", OUTPUT / "etcd-restore.state.json"
-    state.unlink(missing_ok=True)
-    report: dict = {}
-    made = dr_client(lab, "register", model, "1", str(state))
-    assert made.returncode == 0, f"registering before the snapshot failed:\n{tail(made.stdout + made.stderr)}"
-    # Between the snapshot and the restore, the scenario's test runs this: one more version (dr_client.py's way).
-    register = [os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(Path(__file__).parent / "dr_client.py"), "register", model,
-                "1", str(state)]
-    env = {**etcd_scenario_env(lab), **dr_client_env(lab),
-           "MLFLOW_HA_ETCD_PLAYBOOK": json.dumps(["bash", str(ROOT / "tools" / "lab.sh"), "play"]),
-           "MLFLOW_HA_ETCD_AFTER_SNAPSHOT": json.dumps(register)}
-    started = time.monotonic()
-    scenario_tests(lab, "etcd-snapshot-verify", [ETCD_TESTS / "test_snapshot_restore.py"], lab.groups["etcd"][0], env)
-    report["scenario_seconds"] = round(time.monotonic() - started)
-    report["whole_after_seconds"] = round(wait_until(lab.postgres_whole, 180, "a leader and streaming replicas"))
-    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd restore")
-    checked = dr_client(lab, "check", model, str(state))
-    assert checked.returncode == 0, f"reading after the etcd restore failed:\n{tail(checked.stdout + checked.stderr)}"
-    result = json.loads(checked.stdout)
-    report["check"] = result
-    (OUTPUT / "etcd-restore.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    assert result["present"] == [1, 2], result
-    assert all(item["artifact_matches"] for item in result["versions"]), result
-
-
-# -- Registration through the client library while every MLflow server is down (issue 17) ---------------------------
-# tests/lab/spool_load.py: 4 workers register through clients/python (mlflow_ha_client) with one spool; every MLflow
-# server is stopped for SPOOL_DOWN_SECONDS, then started: every acknowledged registration (registered at once or
-# spooled) must be in the registry exactly once with its bytes, and the spool empty.
-SPOOL_DOWN_SECONDS = 30
-SPOOL_LOAD = Path(__file__).parent / "spool_load.py"
-
-
-def spool_acks(events: Path, status: str) -> int:
-    if not events.exists():
-        return 0
-    return sum(1 for line in events.read_text().splitlines()
-               if line.strip() and '"ack"' in line and json.loads(line).get("status") == status)
-
-
-def test_registrations_through_the_client_library_outlive_every_mlflow_server_down(lab):
-    sys.path.insert(0, str(ROOT / "clients" / "python" / "src"))
-    from mlflow_ha_client import Spool  # the checkout's package, as spool_load.py uses it
-
-    spool_dir, events, stop_file = OUTPUT / "spool", OUTPUT / "spool.events.jsonl", OUTPUT / "spool.stop"
-    verify_out = OUTPUT / "spool.verify.json"
-    shutil.rmtree(spool_dir, ignore_errors=True)
-    for path in (events, stop_file, verify_out):
-        path.unlink(missing_ok=True)
-    env = {**os.environ, **lab.client_env(), "MLFLOW_TRACKING_URI": lab.api_url, "MLFLOW_HA_SPOOL_DIR": str(spool_dir)}
-    python = os.environ["MLFLOW_HA_CLIENT_PYTHON"]
-    report: dict = {"down_seconds": SPOOL_DOWN_SECONDS}
-    with (OUTPUT / "spool.load.log").open("w") as log:
-        load = subprocess.Popen([python, str(SPOOL_LOAD), "run", "--events", str(events), "--stop-file",
-                                 str(stop_file), "--workers", "4", "--prefix", f"lab-spool-{int(time.time())}"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_until(lambda: spool_acks(events, "registered") >= 4, 180, "registrations through the library")
-            down_at = time.time()
-            for host in lab.groups["mlflow"]:
-                lab.exec(host, "systemctl", "stop", "mlflow")
-            report["first_spooled_after_seconds"] = round(
-                wait_until(lambda: spool_acks(events, "spooled") >= 1, 120, "a registration spooled"), 1)
-            time.sleep(max(0.0, down_at + SPOOL_DOWN_SECONDS - time.time()))
-            for host in lab.groups["mlflow"]:
-                lab.exec(host, "systemctl", "start", "mlflow")
-            up_at = time.monotonic()
-            wait_until(lab.mlflow_whole, 180, "every MLflow server healthy again")
-            report["healthy_after_seconds"] = round(time.monotonic() - up_at, 1)
-            wait_until(lambda: Spool(spool_dir).status()["entries"].get("pending", 0) == 0, 300, "the spool replayed")
-            report["replayed_after_seconds"] = round(time.monotonic() - up_at, 1)
-            registered = spool_acks(events, "registered")
-            wait_until(lambda: spool_acks(events, "registered") >= registered + 4, 120, "registrations after it")
-        finally:
-            stop_file.touch()
-            load.wait(timeout=180)
-    checked = subprocess.run([python, str(SPOOL_LOAD), "verify", "--events", str(events), "--out", str(verify_out)],
-                             env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert verify_out.exists(), f"spool_load.py verify wrote nothing:\n{tail(checked.stdout + checked.stderr)}"
-    summary = json.loads(verify_out.read_text())
-    report.update(summary)
-    (OUTPUT / "spool.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    assert summary["spooled"] > 0, "nothing was spooled while every MLflow server was down"
-    assert summary["lost"] == [] and summary["duplicated"] == [] and summary["unreadable"] == [], summary
-    waiting = {k: v for k, v in summary["spool_entries"].items() if k != "done" and v}
-    assert not waiting, f"spool entries not done: {waiting}"
-
-
-# -- Disaster recovery ------------------------------------------------------------------------------------------
-# Last, because it rolls the registry back: docs/postgres-ha.md's restore runbook followed step by step after an
-# operator's error. Registered: DR_BEFORE versions, then the time T, then DR_AFTER more, then the registered model
-# deleted. A point-in-time restore to T (playbooks/dr/restore_pgbackrest.yml, from the cluster's own repository)
-# must give back exactly the first DR_BEFORE versions, their artifacts byte for byte through models:/ URIs. Between the
-# first versions and T the artifact backup runs and one version's object is deleted from the bucket: after the
-# restore, playbooks/dr/artifact_report.yml must name that version (and the later versions' runs as orphans) and
+# -- Disaster recovery: a point-in-time restore -------------------------------------------------------------------
+# docs/postgres-ha.md's restore runbook followed step by step after an operator's error. It rolls the registry back to
+# a time T, which no later test minds (each registers models of its own), and it runs before the faults: its artifact
+# backup, report and restore then handle the few objects the tests before it wrote, not the chaos load's thousands
+# (the backup alone took 46-124 s after them: docs/harness.md, "The PITR drill before the faults"). Registered:
+# DR_BEFORE versions, then the time T, then DR_AFTER more, then the registered model deleted. A point-in-time restore
+# to T (playbooks/dr/restore_pgbackrest.yml, from the cluster's own repository) must give back exactly the first
+# DR_BEFORE versions, their artifacts byte for byte through models:/ URIs. Between the first versions and T the
+# artifact backup runs and one version's object is deleted from the bucket: after the restore,
+# playbooks/dr/artifact_report.yml must name that version (and the later versions' runs as orphans) and
 # playbooks/dr/restore_missing_artifacts.yml must bring the object back from the backup (tests/lab/dr_artifacts.py).
 
 DR_BEFORE, DR_AFTER = 5, 3
@@ -924,6 +783,161 @@ def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     assert final.returncode == 0, f"validate.yml after the restore failed:\n{tail(final.stdout + final.stderr)}"
 
 
+# -- Faults ---------------------------------------------------------------------------------------------------
+
+def test_registrations_survive_the_loss_of_any_one_machine(lab):
+    load = Load(lab, "chaos")
+    try:
+        wait_until(lambda: load.acks_since(0), 180, "a first registration through the VIP before any fault")
+        time.sleep(10)
+        faults = run_faults(lab, load)
+    finally:
+        load.stop()
+    started = time.monotonic()
+    verified = load.verify()
+    report = {"workers": load.workers, "faults": faults, "totals": summarize(load.events_list(), verified),
+              "verify_seconds": round(time.monotonic() - started, 1)}
+    (OUTPUT / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert verified["acknowledged"] > 0
+    assert verified["lost"] == 0, f"acknowledged registrations lost: {verified['lost_keys']}"
+    assert verified["duplicated"] == 0, f"registrations duplicated: {verified['duplicates']}"
+    assert verified["unreadable"] == 0, f"artifacts unreadable or changed: {verified['unreadable_detail']}"
+    final = run_lab("validate")
+    assert final.returncode == 0, f"validate.yml after the faults failed:\n{tail(final.stdout + final.stderr)}"
+
+
+ETCD_TESTS = ROLES / "etcd" / "molecule" / "default" / "tests"
+
+
+def etcd_scenario_env(lab) -> dict[str, str]:
+    """What the etcd scenario's testinfra files need to check the lab's members (etcd_scenario.py)."""
+    members = lab.groups["etcd"]
+    return {"MLFLOW_HA_ETCD_MEMBERS": json.dumps({m: lab.hosts[m] for m in members}),
+            "MLFLOW_HA_ETCD_CONTAINERS": json.dumps({m: lab.container(m) for m in members})}
+
+
+def test_the_etcd_scenario_checks_pass_on_the_lab(lab):
+    """The etcd scenario's checks (health, the role's binaries, members, replication, mutual TLS, and the leader's
+    machine killed: a new leader among the survivors, the machine back as a member) on the lab's members. The etcd
+    leader is moved to a PostgreSQL replica first: the chaos test freezes a machine that leads both, this kills one
+    that leads etcd only, and the database's own leader keeps serving."""
+    leader = lab.patroni_leader()
+    replica = next(m for m in lab.groups["etcd"] if m != leader and m in lab.groups["postgres"])
+    lab.move_etcd_leader(replica)
+    scenario_tests(lab, "etcd-verify", [ETCD_TESTS / "test_default.py"], lab.groups["etcd"][0], etcd_scenario_env(lab))
+    wait_until(lab.postgres_whole, 180, f"a leader and streaming replicas after {replica}'s machine came back")
+    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd leader's machine came back")
+
+
+def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
+    """docs/postgres-ha.md's "Restoring etcd from a snapshot" on the lab, as the etcd scenario checks it
+    (test_snapshot_restore.py: the snapshot timer's checked snapshot and its metrics page, playbooks/dr/backup_etcd.yml
+    fetching one to the controller, playbooks/dr/restore_etcd.yml refusing no confirmation, a damaged file and
+    changing nothing in --check, then restoring the timer's snapshot: etcd's keys of the snapshot's time back, later
+    ones gone, old data directories moved aside, snapshots taken again), with the registry around it: a version
+    registered before the snapshot and one between the snapshot and the restore (the playbook stops Patroni, restores
+    etcd on every member, removes the snapshot's Patroni keys and starts Patroni leader first); then the cluster has a
+    leader and streaming replicas, and both versions read back byte for byte (the database never depended on etcd's
+    keys)."""
+    model, state = f"etcd-restore-{int(time.time())}", OUTPUT / "etcd-restore.state.json"
+    state.unlink(missing_ok=True)
+    report: dict = {}
+    made = dr_client(lab, "register", model, "1", str(state))
+    assert made.returncode == 0, f"registering before the snapshot failed:\n{tail(made.stdout + made.stderr)}"
+    # Between the snapshot and the restore, the scenario's test runs this: one more version (dr_client.py's way).
+    register = [os.environ["MLFLOW_HA_CLIENT_PYTHON"], str(Path(__file__).parent / "dr_client.py"), "register", model,
+                "1", str(state)]
+    env = {**etcd_scenario_env(lab), **dr_client_env(lab),
+           "MLFLOW_HA_ETCD_PLAYBOOK": json.dumps(["bash", str(ROOT / "tools" / "lab.sh"), "play"]),
+           "MLFLOW_HA_ETCD_AFTER_SNAPSHOT": json.dumps(register)}
+    started = time.monotonic()
+    scenario_tests(lab, "etcd-snapshot-verify", [ETCD_TESTS / "test_snapshot_restore.py"], lab.groups["etcd"][0], env)
+    report["scenario_seconds"] = round(time.monotonic() - started)
+    report["whole_after_seconds"] = round(wait_until(lab.postgres_whole, 180, "a leader and streaming replicas"))
+    wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd restore")
+    checked = dr_client(lab, "check", model, str(state))
+    assert checked.returncode == 0, f"reading after the etcd restore failed:\n{tail(checked.stdout + checked.stderr)}"
+    result = json.loads(checked.stdout)
+    report["check"] = result
+    (OUTPUT / "etcd-restore.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert result["present"] == [1, 2], result
+    assert all(item["artifact_matches"] for item in result["versions"]), result
+
+
+# -- Registration through the client library while every MLflow server is down (issue 17) ---------------------------
+# tests/lab/spool_load.py: 4 workers register through clients/python (mlflow_ha_client) with one spool, each one
+# registration every SPOOL_INTERVAL seconds; every MLflow server is stopped for SPOOL_DOWN_SECONDS, then started: every
+# acknowledged registration (registered at once or spooled) must be in the registry exactly once with its bytes, and
+# the spool empty. At one registration a second each the workers alone kept the lab's MLflow tier saturated (~3.3
+# registrations a second in all, 1.5 s each), so the replay of ~75 spooled registrations took 120-140 s beside them;
+# at one every 2 s it has room (docs/harness.md, "The spool test's load").
+SPOOL_DOWN_SECONDS = 30
+SPOOL_INTERVAL = 2.0
+SPOOL_LOAD = Path(__file__).parent / "spool_load.py"
+
+
+def spool_acks(events: Path, status: str) -> int:
+    if not events.exists():
+        return 0
+    return sum(1 for line in events.read_text().splitlines()
+               if line.strip() and '"ack"' in line and json.loads(line).get("status") == status)
+
+
+def test_registrations_through_the_client_library_outlive_every_mlflow_server_down(lab):
+    sys.path.insert(0, str(ROOT / "clients" / "python" / "src"))
+    from mlflow_ha_client import Spool  # the checkout's package, as spool_load.py uses it
+
+    spool_dir, events, stop_file = OUTPUT / "spool", OUTPUT / "spool.events.jsonl", OUTPUT / "spool.stop"
+    verify_out = OUTPUT / "spool.verify.json"
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    for path in (events, stop_file, verify_out):
+        path.unlink(missing_ok=True)
+    env = {**os.environ, **lab.client_env(), "MLFLOW_TRACKING_URI": lab.api_url, "MLFLOW_HA_SPOOL_DIR": str(spool_dir)}
+    python = os.environ["MLFLOW_HA_CLIENT_PYTHON"]
+    report: dict = {"down_seconds": SPOOL_DOWN_SECONDS, "interval_seconds": SPOOL_INTERVAL}
+    with (OUTPUT / "spool.load.log").open("w") as log:
+        load = subprocess.Popen([python, str(SPOOL_LOAD), "run", "--events", str(events), "--stop-file",
+                                 str(stop_file), "--workers", "4", "--interval", str(SPOOL_INTERVAL),
+                                 "--prefix", f"lab-spool-{int(time.time())}"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: spool_acks(events, "registered") >= 4, 180, "registrations through the library")
+            down_at = time.time()
+            for host in lab.groups["mlflow"]:
+                lab.exec(host, "systemctl", "stop", "mlflow")
+            report["first_spooled_after_seconds"] = round(
+                wait_until(lambda: spool_acks(events, "spooled") >= 1, 120, "a registration spooled"), 1)
+            time.sleep(max(0.0, down_at + SPOOL_DOWN_SECONDS - time.time()))
+            for host in lab.groups["mlflow"]:
+                lab.exec(host, "systemctl", "start", "mlflow")
+            up_at = time.monotonic()
+            wait_until(lab.mlflow_whole, 180, "every MLflow server healthy again")
+            report["healthy_after_seconds"] = round(time.monotonic() - up_at, 1)
+            wait_until(lambda: Spool(spool_dir).status()["entries"].get("pending", 0) == 0, 300, "the spool replayed")
+            report["replayed_after_seconds"] = round(time.monotonic() - up_at, 1)
+            registered = spool_acks(events, "registered")
+            wait_until(lambda: spool_acks(events, "registered") >= registered + 4, 120, "registrations after it")
+        finally:
+            stop_file.touch()
+            load.wait(timeout=180)
+    started = time.monotonic()
+    checked = subprocess.run([python, str(SPOOL_LOAD), "verify", "--events", str(events), "--out", str(verify_out)],
+                             env=env, capture_output=True, text=True, timeout=900, check=False)
+    report["verify_seconds"] = round(time.monotonic() - started, 1)
+    assert verify_out.exists(), f"spool_load.py verify wrote nothing:\n{tail(checked.stdout + checked.stderr)}"
+    summary = json.loads(verify_out.read_text())
+    report.update(summary)
+    (OUTPUT / "spool.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    assert summary["spooled"] > 0, "nothing was spooled while every MLflow server was down"
+    assert summary["lost"] == [] and summary["duplicated"] == [] and summary["unreadable"] == [], summary
+    waiting = {k: v for k, v in summary["spool_entries"].items() if k != "done" and v}
+    assert not waiting, f"spool entries not done: {waiting}"
+
+
+# -- Disaster recovery: every database machine lost ------------------------------------------------------------
 # The second drill: every database machine lost (containers removed with their disks; etcd ran on them too), new
 # empty machines in their place, the cluster restored from the off-site repository (repo2 on mon1) to the end of its
 # archive, as docs/postgres-ha.md's "All database machines lost" runbook says. Registrations run until the machines
