@@ -116,8 +116,9 @@ def cmd_verify(args) -> int:
                 data = next(p for p in Path(where).rglob("model.bin")).read_bytes()
             except Exception as err:  # reported, not raised: the summary lists every failure
                 return {"key": ack["key"], "why": f"{type(err).__name__}: {err}"[:200]}
-            return None if hashlib.sha256(data).hexdigest() == ack["sha256"] else {"key": ack["key"],
-                                                                                    "why": "different bytes"}
+            if hashlib.sha256(data).hexdigest() != ack["sha256"]:
+                return {"key": ack["key"], "why": "different bytes"}
+            return None
 
         # A few readers at once, as several users would read: one after another, 377 reads took 155 s on an idle
         # lab (docs/harness.md, "The spool test's read-back").
