@@ -705,6 +705,20 @@ def dr_client(lab, *args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
+def read_back(lab, model: str, state: Path, what: str) -> dict:
+    """dr_client.py's check of `model` against the versions its state file recorded (which are present, whether each
+    one's artifact reads back byte for byte); `what` names the read in the failure message."""
+    checked = dr_client(lab, "check", model, str(state))
+    assert checked.returncode == 0, f"reading {what} failed:\n{tail(checked.stdout + checked.stderr)}"
+    return json.loads(checked.stdout)
+
+
+def write_report(name: str, report: dict) -> None:
+    """A test's figures as tests/output/lab/<name>.json, and on its output."""
+    (OUTPUT / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     model, state = f"dr-drill-{int(time.time())}", OUTPUT / "dr.state.json"
     state.unlink(missing_ok=True)
@@ -771,12 +785,9 @@ def test_a_point_in_time_restore_undoes_a_deleted_model(lab):
     problems = dr_artifacts.restore_problems(json.loads(restore_file.read_text()), model, entries, DR_LOST_ARTIFACT)
     assert problems == [], problems
 
-    checked = dr_client(lab, "check", model, str(state))
-    assert checked.returncode == 0, f"reading the restored model failed:\n{tail(checked.stdout + checked.stderr)}"
-    result = json.loads(checked.stdout)
+    result = read_back(lab, model, state, "the restored model")
     report["check"] = result
-    (OUTPUT / "dr.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("dr", report)
     assert result["present"] == list(range(1, DR_BEFORE + 1)), f"versions after the restore to {target_text}: {result}"
     assert all(item["artifact_matches"] for item in result["versions"] if item["present"]), result
     final = run_lab("validate")
@@ -797,8 +808,7 @@ def test_registrations_survive_the_loss_of_any_one_machine(lab):
     verified = load.verify()
     report = {"workers": load.workers, "faults": faults, "totals": summarize(load.events_list(), verified),
               "verify_seconds": round(time.monotonic() - started, 1)}
-    (OUTPUT / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("chaos", report)
     assert verified["acknowledged"] > 0
     assert verified["lost"] == 0, f"acknowledged registrations lost: {verified['lost_keys']}"
     assert verified["duplicated"] == 0, f"registrations duplicated: {verified['duplicates']}"
@@ -856,12 +866,9 @@ def test_etcd_restored_from_a_snapshot_keeps_the_registry_serving(lab):
     report["scenario_seconds"] = round(time.monotonic() - started)
     report["whole_after_seconds"] = round(wait_until(lab.postgres_whole, 180, "a leader and streaming replicas"))
     wait_until(lab.mlflow_whole, 180, "every MLflow server healthy after the etcd restore")
-    checked = dr_client(lab, "check", model, str(state))
-    assert checked.returncode == 0, f"reading after the etcd restore failed:\n{tail(checked.stdout + checked.stderr)}"
-    result = json.loads(checked.stdout)
+    result = read_back(lab, model, state, "after the etcd restore")
     report["check"] = result
-    (OUTPUT / "etcd-restore.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("etcd-restore", report)
     assert result["present"] == [1, 2], result
     assert all(item["artifact_matches"] for item in result["versions"]), result
 
@@ -929,8 +936,7 @@ def test_registrations_through_the_client_library_outlive_every_mlflow_server_do
     assert verify_out.exists(), f"spool_load.py verify wrote nothing:\n{tail(checked.stdout + checked.stderr)}"
     summary = json.loads(verify_out.read_text())
     report.update(summary)
-    (OUTPUT / "spool.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("spool", report)
     assert summary["spooled"] > 0, "nothing was spooled while every MLflow server was down"
     assert summary["lost"] == [] and summary["duplicated"] == [] and summary["unreadable"] == [], summary
     waiting = {k: v for k, v in summary["spool_entries"].items() if k != "done" and v}
@@ -995,8 +1001,7 @@ def test_the_loss_of_every_database_machine_is_restored_from_the_off_site_reposi
     report.update(acknowledged=verified["acknowledged"], lost=len(lost), duplicated=verified["duplicated"],
                   unreadable=verified["unreadable"],
                   rpo_seconds=round(lost_at - min(lost.values()), 1) if lost else 0.0)
-    (OUTPUT / "dr-loss.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("dr-loss", report)
     assert verified["acknowledged"] >= 10
     assert not missing, f"registrations acknowledged before the last archived WAL are missing: {missing}"
     assert verified["duplicated"] == 0, f"registrations duplicated: {verified['duplicates']}"
